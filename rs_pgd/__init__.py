@@ -1,0 +1,33 @@
+"""rs-pgd: Patch Gradient Descent for semantic segmentation of huge georeferenced rasters.
+
+Importing this package does not import torch: ``rio`` imports every plugin at start-up.
+The heavy entry points are loaded on first use.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "fit", "predict", "evaluate", "vectorize", "scene_info"]
+
+
+def __getattr__(name):
+    if name == "fit":
+        from rs_pgd.train import fit
+
+        return fit
+    if name == "predict":
+        from rs_pgd.infer import predict
+
+        return predict
+    if name == "evaluate":
+        from rs_pgd.evaluate import evaluate
+
+        return evaluate
+    if name == "vectorize":
+        from rs_pgd.vectorize import vectorize
+
+        return vectorize
+    if name == "scene_info":
+        from rs_pgd.raster import scene_info
+
+        return scene_info
+    raise AttributeError(f"module 'rs_pgd' has no attribute {name!r}")

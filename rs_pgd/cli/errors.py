@@ -1,0 +1,47 @@
+"""Turn library errors into one-line CLI messages with exit status 2, never a traceback."""
+
+import os
+import sys
+import warnings
+
+import click
+
+from rs_pgd.errors import RsPgdError
+
+
+class InputError(click.ClickException):
+    """A bad input reported as ``Error: <message>``, exit status 2."""
+
+    exit_code = 2
+
+
+def _one_line(message) -> str:
+    return " ".join(str(message).split())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    click.echo(f"Warning: {_one_line(message)}", err=True)
+
+
+class ErrorHandlingGroup(click.Group):
+    """A click group that reports :class:`RsPgdError` (and common OS errors on inputs) in one line, exit 2."""
+
+    def invoke(self, ctx):
+        if not os.environ.get("RS_PGD_DEBUG"):
+            warnings.showwarning = _show_warning
+        try:
+            return super().invoke(ctx)
+        except RsPgdError as exc:
+            if os.environ.get("RS_PGD_DEBUG"):
+                raise
+            raise InputError(_one_line(exc)) from None
+        except MemoryError:
+            raise InputError("out of memory; use a smaller --tile or --batch-size") from None
+        except OSError as exc:
+            if os.environ.get("RS_PGD_DEBUG"):
+                raise
+            # e.g. disk full while writing: the outputs are written atomically, so nothing is left half-written
+            raise InputError(f"{_one_line(exc)}; check the path and free space, then run again") from None
+        except KeyboardInterrupt as exc:
+            click.echo(f"Interrupted: {exc}" if str(exc) else "Interrupted.", err=True)
+            sys.exit(130)

@@ -1,0 +1,40 @@
+"""Click options shared by several commands (rasterio's ``rio/options.py`` habit)."""
+
+import click
+
+
+def _parse_bands(ctx, param, value):
+    if value is None:
+        return None
+    from rs_pgd.presets import parse_bands
+
+    try:
+        return parse_bands(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+existing_file = click.Path(exists=False, dir_okay=False)
+
+bands_opt = click.option(
+    "--bands", callback=_parse_bands, default=None, metavar="LIST",
+    help="Bands to use, 1-based as in rasterio (e.g. 4,3,2) or preset band names. Default: all (or the preset's).",
+)
+preset_opt = click.option(
+    "--preset", default=None, metavar="NAME",
+    help="Sensor preset with band names and scale/offset (generic, landsat-c2-l2, sentinel2-l2a, ...).",
+)
+class_column_opt = click.option(
+    "--class-column", default=None, metavar="NAME", help="Attribute that holds the class (auto-detected if omitted)."
+)
+layer_opt = click.option("--layer", default=None, metavar="NAME", help="Layer of a multi-layer vector file (GPKG).")
+tile_opt = click.option("--tile", type=int, default=None, help="Centre tile size in pixels (multiple of 32).")
+margin_opt = click.option("--margin", type=int, default=None, help="Context margin around each tile, pixels (multiple of 32).")
+stride_opt = click.option("--stride", type=int, default=None, help="Distance between tiles, pixels (<= tile; default = tile).")
+device_opt = click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    help="Where the model runs.",
+)
+json_opt = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
+workers_opt = click.option("--workers", type=int, default=None, help="Data-loading worker processes (default: auto).")
+output_opt = click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output file.")

@@ -1,0 +1,38 @@
+"""``rs-pgd predict``: seamless streaming inference into a GeoTIFF/COG."""
+
+import click
+
+from rs_pgd.cli import options
+
+
+@click.command(short_help="Predict a class map (COG) for a scene with a trained model.")
+@click.argument("model", type=options.existing_file)
+@click.argument("scene", type=options.existing_file)
+@options.output_opt
+@options.tile_opt
+@options.margin_opt
+@options.stride_opt
+@click.option("--blend", type=click.Choice(["none", "linear", "cosine"]), default="none", show_default=True,
+              help="Keep window centres (none) or blend overlapping windows (with --stride < --tile).")
+@click.option("--probabilities", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Also write per-class probabilities (one band per class) to this COG.")
+@click.option("--probability-dtype", type=click.Choice(["uint8", "float32"]), default="uint8", show_default=True)
+@click.option("--preview", type=click.Path(dir_okay=False), default=None, metavar="PNG",
+              help="Write a quick-look PNG (input beside the class map, with a legend).")
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "32", "bf16", "16-mixed"]), default="auto", show_default=True)
+@click.option("--no-cog", is_flag=True, help="Write a plain tiled GeoTIFF instead of a Cloud Optimized GeoTIFF.")
+@options.workers_opt
+@options.device_opt
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def predict(model, scene, output, tile, margin, stride, blend, probabilities, probability_dtype, preview,
+            batch_size, precision, no_cog, workers, device, quiet):
+    """Predict classes for SCENE with the checkpoint MODEL and write them to OUTPUT."""
+    import rs_pgd
+
+    result = rs_pgd.predict(
+        model, scene, output, tile=tile, margin=margin, stride=stride, blend=blend, probabilities=probabilities,
+        probability_dtype=probability_dtype, preview=preview, batch_size=batch_size, device=device,
+        precision=precision, workers=workers, cog=not no_cog, progress=not quiet,
+    )
+    click.echo(f"wrote {result.output} ({result.windows} windows, {result.seconds:.1f} s)")

@@ -1,0 +1,49 @@
+"""Errors raised by rs-pgd.
+
+Every error derives from :class:`RsPgdError` and also from the builtin that best describes it, so callers can
+catch either. The message of each error is one line that names the problem and says what to do; the CLI prints
+it as ``Error: <message>`` and exits with status 2.
+"""
+
+
+class RsPgdError(Exception):
+    """Root of all rs-pgd errors."""
+
+
+class SceneError(RsPgdError, ValueError):
+    """A scene raster cannot be used (missing, unreadable, not georeferenced as required, ...)."""
+
+
+class LabelError(RsPgdError, ValueError):
+    """Labels cannot be used (no overlap, bad class column, unreadable file, ...)."""
+
+
+class GridError(RsPgdError, ValueError):
+    """Tile, margin or stride values that do not form a valid window grid."""
+
+
+class PresetError(RsPgdError, KeyError):
+    """Unknown band preset or band selection that does not fit the scene."""
+
+    def __str__(self):  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelError(RsPgdError, ValueError):
+    """Unknown architecture or encoder, or weights that do not fit the model."""
+
+
+class CheckpointError(RsPgdError, ValueError):
+    """A checkpoint that cannot be loaded, or that does not fit the scene."""
+
+
+class OutputError(RsPgdError, OSError):
+    """An output path that cannot be written."""
+
+
+class DeviceError(RsPgdError, RuntimeError):
+    """A requested device (e.g. CUDA) that is not available."""
+
+
+class TrainingError(RsPgdError, RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN)."""

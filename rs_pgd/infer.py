@@ -1,0 +1,206 @@
+"""``predict()``: seamless, streaming inference of a trained model over a scene into a GeoTIFF/COG.
+
+Windows are read row by row of the grid (the same geometry as training: centre tile, context margin, reflect
+padding at scene edges, origins aligned to the model's output stride), run through the model, and stitched by
+:class:`rs_pgd.stitch.RowStitcher`, which holds only the rows in flight. Finished rows go straight into the
+output file, so memory is bounded by the scene width times the window height, not by the scene.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rs_pgd.errors import CheckpointError
+from rs_pgd.grid import WindowGrid
+
+
+@dataclass
+class PredictResult:
+    """What :func:`predict` returns."""
+
+    output: Path
+    probabilities: Path | None
+    preview: Path | None
+    windows: int
+    windows_run: int
+    seconds: float
+
+
+def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend="none", probabilities=None,
+            probability_dtype="uint8", preview=None, batch_size=4, device="auto", precision="auto",
+            workers=None, cog=True, progress=True) -> PredictResult:
+    """Predict a class map for ``scene`` with the checkpoint ``model`` and write it to ``output``.
+
+    Parameters
+    ----------
+    model : path
+        Checkpoint written by :func:`rs_pgd.fit`.
+    scene : path
+        Any GDAL raster with the bands the model was trained on.
+    output : path
+        Class map to write (COG by default): the input's CRS, transform and size; class values of the training
+        labels; 255 where the input is nodata; colour table and class names.
+    tile, margin, stride : int, optional
+        Window geometry; defaults come from the checkpoint.
+    blend : {"none", "linear", "cosine"}
+        ``none`` keeps each window's centre (nearest centre where windows overlap); ``linear``/``cosine`` blend
+        overlapping windows (use with ``stride < tile``).
+    probabilities : path, optional
+        Also write per-class probabilities (one band per class) to this COG.
+    probability_dtype : {"uint8", "float32"}
+        uint8 stores round(p * 254) with nodata 255; float32 stores p with NaN nodata.
+    preview : path, optional
+        Write a PNG quick-look (input beside the class map, with a legend).
+    batch_size, device, precision, workers
+        As in :func:`rs_pgd.fit`.
+    cog : bool
+        Write a Cloud Optimized GeoTIFF (tiled, DEFLATE, mode overviews); otherwise a tiled GeoTIFF.
+    """
+    import time
+
+    from rs_pgd.dataset import SceneSource
+    from rs_pgd.labels import ClassTable
+    from rs_pgd.models import model_from_checkpoint
+    from rs_pgd.output import StreamingClassWriter, StreamingProbabilityWriter, check_output_path
+    from rs_pgd.raster import BandStats
+    from rs_pgd.stitch import RowStitcher, weight_kind
+    from rs_pgd.train import default_workers, resolve_device, resolve_precision
+
+    started = time.perf_counter()
+    weight_kind(blend)  # validates the blend mode before any work
+    check_output_path(output, inputs=[model, scene])
+    if probabilities is not None:
+        check_output_path(probabilities, inputs=[model, scene, output])
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    net, meta = model_from_checkpoint(model, device=dev)
+    classes = ClassTable.from_dict(meta["classes"])
+    reader = _open_scene_for(meta, scene, model)
+    geometry = meta.get("geometry", {})
+    grid = WindowGrid(reader.height, reader.width, tile or geometry.get("tile", 256),
+                      geometry.get("margin", 64) if margin is None else margin,
+                      stride or (geometry.get("stride") if tile is None else None),
+                      align=int(geometry.get("align", 32)))
+    source = SceneSource(reader, None, grid, BandStats.from_dict(meta["stats"]))
+    net = net.to(memory_format=torch.channels_last)
+    k = classes.num_classes
+    values = np.asarray(classes.values, dtype=np.uint8)
+    stitcher = RowStitcher(grid, k + 1, blend=blend, dtype=np.float32)
+    loader = _window_loader(source, grid, batch_size, default_workers() if workers is None else workers)
+    class_writer = StreamingClassWriter(output, _profile(reader), classes, cog=cog, inputs=[model, scene])
+    prob_writer = None
+    try:
+        if probabilities is not None:
+            prob_writer = StreamingProbabilityWriter(probabilities, _profile(reader), classes, dtype=probability_dtype,
+                                                     cog=cog, inputs=[model, scene, output])
+        windows_run = 0
+        bar = _progress(len(grid), progress)
+        for batch in loader:
+            outputs, ran = _run_batch(net, batch, dev, prec, k)
+            windows_run += ran
+            for window_index, out in zip(batch["window"].tolist(), outputs):
+                for band in stitcher.add(grid.window(window_index), out):
+                    _write_band(band, values, class_writer, prob_writer)
+            bar.update(len(outputs))
+        for band in stitcher.flush():
+            _write_band(band, values, class_writer, prob_writer)
+        bar.close()
+        class_writer.close()
+        if prob_writer is not None:
+            prob_writer.close()
+    except BaseException:
+        class_writer.abort()
+        if prob_writer is not None:
+            prob_writer.abort()
+        raise
+    preview_path = None
+    if preview is not None:
+        from rs_pgd.preview import write_preview
+
+        preview_path = write_preview(scene, output, preview, bands=reader.bands, classes=classes)
+    return PredictResult(Path(output), Path(probabilities) if probabilities else None, preview_path, len(grid),
+                         windows_run, time.perf_counter() - started)
+
+
+def _open_scene_for(meta: dict, scene, model):
+    """Open ``scene`` with the checkpoint's bands and preset; a scene that does not fit is a clear error."""
+    from rs_pgd.raster import SceneReader, scene_info
+
+    info = scene_info(scene)
+    bands = meta.get("bands") or []
+    needed = meta["model"]["in_channels"]
+    if bands and max(bands) > info.count:
+        raise CheckpointError(
+            f"the model {Path(model).name} was trained on bands {bands} but {Path(scene).name} has {info.count} "
+            f"band(s); give a scene with the training bands ({', '.join(meta.get('band_names', []))})"
+        )
+    reader = SceneReader(scene, bands=bands or None, preset=meta.get("preset") or "generic")
+    if reader.count != needed:
+        raise CheckpointError(
+            f"the model {Path(model).name} takes {needed} band(s) but {Path(scene).name} gives {reader.count}; "
+            "give a scene with the training bands"
+        )
+    return reader
+
+
+def _profile(reader) -> dict:
+    return {"width": reader.width, "height": reader.height, "crs": reader.crs, "transform": reader.transform}
+
+
+def _window_loader(source, grid, batch_size: int, workers: int):
+    from rs_pgd.dataset import WindowDataset
+
+    items = [(0, w.index) for w in grid]
+    dataset = WindowDataset([source], items, weight_kind="uniform")
+    workers = min(workers, max(len(items) // max(batch_size, 1), 0))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                       prefetch_factor=4 if workers else None)
+
+
+@torch.no_grad()
+def _run_batch(net, batch, device, precision, k: int):
+    """Class probabilities plus a validity channel for every window of a batch, as float32 numpy arrays.
+
+    Windows whose centre holds no valid pixel skip the model; their probabilities stay zero and their
+    validity channel marks them as nodata.
+    """
+    from rs_pgd.train import autocast_context
+
+    image = batch["image"]
+    valid = (batch["weight"] > 0).float()  # centre pixels inside the scene with data
+    n, _, size, _ = image.shape
+    out = torch.zeros((n, k + 1, size, size), dtype=torch.float32)
+    out[:, k] = valid
+    has_data = valid.flatten(1).any(dim=1)
+    ran = int(has_data.sum())
+    if ran:
+        x = image[has_data].to(device).contiguous(memory_format=torch.channels_last)
+        with autocast_context(precision, device):
+            logits = net(x)
+        out[has_data, :k] = torch.softmax(logits.float(), dim=1).cpu()
+    return out.numpy(), ran
+
+
+def _write_band(band, values: np.ndarray, class_writer, prob_writer) -> None:
+    data = band.data
+    k = data.shape[0] - 1
+    valid = data[k] > 0.5
+    probs = data[:k]
+    classes = values[np.argmax(probs, axis=0)]
+    class_writer.write(band.row_start, np.where(valid, classes, 255).astype(np.uint8))
+    if prob_writer is not None:
+        prob_writer.write(band.row_start, np.where(valid[None], probs, np.nan))
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="predict", unit="win", disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+__all__ = ["predict", "PredictResult", "os"]

@@ -1,0 +1,108 @@
+"""``describe()``: what rs-pgd sees in a scene and its labels, for ``rs-pgd info``. No torch."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from rs_pgd.grid import WindowGrid, suggest_geometry
+
+
+def describe(scene, labels=None, *, class_column=None, layer=None, bands=None, preset=None, tile: int = 1024) -> dict:
+    """Describe ``scene`` (and ``labels``): facts, nodata share, classes with pixel counts, suggested geometry.
+
+    Everything is computed window by window; no scene-sized array is held.
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``scene`` (facts), ``nodata_fraction``, ``preset``, ``bands``, ``suggested`` (tile, margin,
+        stride, window), ``labels`` (path, classes with pixel counts, overlap, notes) when labels are given, and
+        ``notes`` (plain-English problems and what rs-pgd will do about them).
+    """
+    from rs_pgd.raster import SceneReader, scene_info
+
+    info = scene_info(scene)
+    reader = SceneReader(scene, bands=bands, preset=preset or "generic")
+    report = {
+        "scene": info.to_dict(),
+        "preset": reader.preset.name,
+        "bands": list(reader.bands),
+        "nodata_fraction": round(_nodata_fraction(reader, tile), 6),
+        "suggested": suggest_geometry(info.height, info.width),
+        "notes": list(info.problems),
+    }
+    if not info.georeferenced:
+        report["notes"].append("scene is not properly georeferenced: vector labels cannot be placed on it; "
+                               "use a label raster on the same pixel grid")
+    if labels is not None:
+        report["labels"] = _describe_labels(labels, info, class_column, layer, tile)
+    reader.close()
+    return report
+
+
+def _nodata_fraction(reader, tile: int) -> float:
+    grid = WindowGrid(reader.height, reader.width, tile, 0, align=1)
+    invalid = 0
+    for window in grid:
+        data = reader.read(window.bounds)
+        invalid += int((~data.valid & data.inside).sum())
+    return invalid / (reader.height * reader.width)
+
+
+def _describe_labels(labels, info, class_column, layer, tile) -> dict:
+    from rs_pgd.labels import open_labels
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = open_labels(labels, info, class_column=class_column, layer=layer)
+        counts = source.pixel_counts(tile=tile)
+    table = source.classes
+    total = info.width * info.height
+    labelled = sum(counts.values())
+    classes = [
+        {"value": int(v), "name": str(n), "pixels": int(counts.get(int(v), 0)),
+         "fraction": round(counts.get(int(v), 0) / total, 6)}
+        for v, n in zip(table.values, table.names)
+    ]
+    return {
+        "path": str(labels),
+        "kind": type(source).__name__.replace("Labels", "").lower(),
+        "class_column": getattr(source, "class_column", None),
+        "classes": classes,
+        "labelled_fraction": round(labelled / total, 6),
+        "overlap": round(float(getattr(source, "overlap", np.nan)), 6),
+        "notes": list(getattr(source, "report", [])) + [str(w.message) for w in caught],
+    }
+
+
+def format_report(report: dict) -> str:
+    """The report of :func:`describe` as aligned text for the terminal."""
+    s = report["scene"]
+    lines = [
+        f"scene        {s['path']}",
+        f"size         {s['width']} x {s['height']} pixels, {s['count']} band(s), {', '.join(sorted(set(s['dtypes'])))}",
+        f"crs          {s['crs'] or 'none'}",
+        f"resolution   {s['res'][0]:g} x {s['res'][1]:g}",
+        f"bounds       {', '.join(f'{v:.6g}' for v in s['bounds'])}",
+        f"nodata       {s['nodata']}  ({100 * report['nodata_fraction']:.1f} % of pixels invalid)",
+        f"layout       {'tiled' if s['tiled'] else 'striped'}, blocks {s['block_shapes'][0][0]}x{s['block_shapes'][0][1]}",
+        f"preset       {report['preset']}, bands {report['bands']}",
+    ]
+    g = report["suggested"]
+    lines.append(f"suggested    --tile {g['tile']} --margin {g['margin']} (windows of {g['window']} px)")
+    labels = report.get("labels")
+    if labels:
+        lines.append(f"labels       {labels['path']} ({labels['kind']}"
+                     + (f", column {labels['class_column']!r}" if labels.get("class_column") else "") + ")")
+        lines.append(f"labelled     {100 * labels['labelled_fraction']:.1f} % of the scene; label extent covers "
+                     f"{100 * labels['overlap']:.1f} %")
+        width = max([len(str(c["name"])) for c in labels["classes"]] + [4])
+        for c in labels["classes"]:
+            lines.append(f"  {c['value']:>3}  {str(c['name']):<{width}}  {c['pixels']:>12,d} px  {100 * c['fraction']:6.2f} %")
+        for note in labels["notes"]:
+            lines.append(f"note         {note}")
+    for note in report["notes"]:
+        lines.append(f"note         {note}")
+    return "\n".join(lines)

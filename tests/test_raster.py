@@ -1,0 +1,450 @@
+"""Scene reading: scene_info, SceneReader windows (reflect padding, validity, presets), band statistics."""
+
+import json
+import multiprocessing
+import pickle
+
+import numpy as np
+import pytest
+import rasterio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rasterio.control import GroundControlPoint
+from rasterio.transform import Affine, from_origin
+
+from rs_pgd.errors import GridError, PresetError, SceneError
+from rs_pgd.raster import (
+    STD_EPSILON,
+    BandStats,
+    SceneReader,
+    compute_band_stats,
+    normalise,
+    reflect_indices,
+    scene_info,
+)
+
+UTM = "EPSG:32618"
+TRANSFORM = from_origin(500000, 4000000, 10, 10)
+
+
+def write_scene(path, data, crs=UTM, transform=TRANSFORM, nodata=None, tiled=True, mask=None, **extra):
+    """Write ``data`` (C, H, W) as a GeoTIFF; ``mask`` (H, W) bool becomes an internal GDAL mask band."""
+    count, height, width = data.shape
+    profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=data.dtype, crs=crs,
+                   transform=transform, nodata=nodata, **extra)  # fmt: skip
+    if tiled:
+        profile.update(tiled=True, blockxsize=16, blockysize=16)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(path, "w", **profile) as ds:
+            ds.write(data)
+            if mask is not None:
+                ds.write_mask(mask.astype(np.uint8) * 255)
+    return path
+
+
+def reflect_reference(whole, bounds, mode="reflect"):
+    """The window cut from the whole array padded with np.pad: the definition the reader must match."""
+    row_start, col_start, row_stop, col_stop = bounds
+    height, width = whole.shape[-2:]
+    pad_top, pad_left = max(0, -row_start), max(0, -col_start)
+    pad_bottom, pad_right = max(0, row_stop - height), max(0, col_stop - width)
+    widths = [(0, 0)] * (whole.ndim - 2) + [(pad_top, pad_bottom), (pad_left, pad_right)]
+    padded = np.pad(whole, widths, mode=mode)
+    return padded[..., row_start + pad_top : row_stop + pad_top, col_start + pad_left : col_stop + pad_left]
+
+
+@pytest.fixture(scope="module")
+def random_scene(tmp_path_factory):
+    """37 x 53, 3-band uint16 with nodata 0 in a few places; returns (path, data, valid)."""
+    rng = np.random.default_rng(42)
+    data = rng.integers(1, 60000, size=(3, 37, 53)).astype(np.uint16)
+    data[:, 3:6, 40:50] = 0  # nodata in every band
+    data[1, 20, 7] = 0  # nodata in one band only: the pixel is invalid
+    path = write_scene(tmp_path_factory.mktemp("scene") / "random.tif", data, nodata=0)
+    valid = np.all(data != 0, axis=0)
+    return path, data, valid
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# windows against the whole-array reference
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    row_start=st.integers(-90, 120),
+    col_start=st.integers(-90, 140),
+    height=st.integers(1, 100),
+    width=st.integers(1, 100),
+)
+def test_window_matches_whole_array_reflect_pad(random_scene, row_start, col_start, height, width):
+    path, data, valid = random_scene
+    bounds = (row_start, col_start, row_start + height, col_start + width)
+    with SceneReader(path) as reader:
+        window = reader.read(bounds)
+    expected_image = np.where(valid, data, 0).astype(np.float64)
+    np.testing.assert_array_equal(window.image, reflect_reference(expected_image, bounds))
+    np.testing.assert_array_equal(window.valid, reflect_reference(valid, bounds))
+    inside = np.ones(valid.shape, dtype=bool)
+    np.testing.assert_array_equal(window.inside, np.pad(inside, 200, mode="constant")[
+        row_start + 200 : row_start + 200 + height, col_start + 200 : col_start + 200 + width])  # fmt: skip
+    assert window.image.dtype == np.float32 and window.image.shape == (3, height, width)
+    assert window.valid.dtype == bool and window.inside.dtype == bool
+
+
+def test_edge_window_is_not_zero_or_constant_padding(random_scene):
+    """The check has teeth: a zero-padded (boundless-style) window differs from the reader's."""
+    path, data, valid = random_scene
+    bounds = (-10, -10, 20, 20)
+    window = SceneReader(path).read(bounds)
+    zero_padded = reflect_reference(np.where(valid, data, 0).astype(np.float64), bounds, mode="constant")
+    assert not np.array_equal(window.image, zero_padded)
+    assert window.valid[:10].any()  # padding mirrors valid data, so it is valid, not "outside = nodata"
+    np.testing.assert_array_equal(window.image[:, 9, 10:], window.image[:, 11, 10:])  # row -1 mirrors row 1
+
+
+def test_corner_windows(random_scene):
+    path, data, valid = random_scene
+    reader = SceneReader(path)
+    expected = np.where(valid, data, 0).astype(np.float64)
+    for bounds in [(-32, -32, 32, 32), (5, 21, 69, 85), (-32, 21, 32, 85), (5, -32, 69, 32)]:
+        np.testing.assert_array_equal(reader.read(bounds).image, reflect_reference(expected, bounds))
+
+
+def test_tiny_scene_with_big_margin_uses_repeated_reflection(tmp_path):
+    data = np.arange(35, dtype=np.float32).reshape(1, 5, 7)
+    path = write_scene(tmp_path / "tiny.tif", data, tiled=False)
+    bounds = (-20, -20, 25, 27)  # 20-pixel margin around a 5 x 7 scene: far more than one reflection
+    window = SceneReader(path).read(bounds)
+    np.testing.assert_array_equal(window.image, reflect_reference(data, bounds))
+    assert window.valid.all()
+    assert window.inside.sum() == 35
+    # every padded value is a real scene value: no garbage, no zeros pretending to be data
+    assert set(np.unique(window.image)) <= set(np.unique(data))
+    # a single reflect np.pad of the clipped window cannot do this
+    with pytest.raises(ValueError):
+        _single_reflect(data[0], 20)
+
+
+def _single_reflect(array, pad):
+    """One reflection only (what a naive reader does): impossible when the pad exceeds the scene."""
+    if pad >= min(array.shape):
+        raise ValueError("pad larger than the array: one reflection cannot fill it")
+    return np.pad(array, pad, mode="reflect")
+
+
+def test_one_pixel_wide_scene_repeats_the_edge(tmp_path):
+    data = np.array([[[1.0], [2.0], [3.0]]], dtype=np.float32)  # 3 rows x 1 column
+    window = SceneReader(write_scene(tmp_path / "thin.tif", data, tiled=False)).read((-2, -3, 5, 4))
+    np.testing.assert_array_equal(window.image[0, :, 0], [3, 2, 1, 2, 3, 2, 1])
+    assert np.all(window.image[0] == window.image[0, :, :1])  # columns all equal the only column
+
+
+def test_window_wholly_outside_on_one_axis_is_defined(tmp_path):
+    data = np.arange(35, dtype=np.int16).reshape(1, 5, 7)
+    reader = SceneReader(write_scene(tmp_path / "tiny.tif", data, tiled=False))
+    bounds = (10, 2, 14, 6)
+    window = reader.read(bounds)
+    np.testing.assert_array_equal(window.image, reflect_reference(data.astype(np.float64), bounds))
+    assert not window.inside.any()
+
+
+def test_reflect_indices_match_numpy():
+    for length in (1, 2, 3, 7):
+        padded = np.pad(np.arange(length), 40, mode="reflect")
+        np.testing.assert_array_equal(reflect_indices(-40, length + 40, length), padded)
+
+
+def test_bad_bounds(random_scene):
+    reader = SceneReader(random_scene[0])
+    with pytest.raises(GridError):
+        reader.read((5, 5, 5, 10))
+    with pytest.raises(GridError):
+        reader.read((0, 0, 10))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# validity: nodata tag, mask band, alpha, NaN
+
+
+def _checkerboard_invalid(height=20, width=24):
+    invalid = np.zeros((height, width), dtype=bool)
+    invalid[2:5, 3:9] = True
+    invalid[15, :] = True
+    return invalid
+
+
+def test_nodata_tag_marks_invalid(tmp_path):
+    invalid = _checkerboard_invalid()
+    data = np.full((2, *invalid.shape), 500, dtype=np.int16)
+    data[:, invalid] = -9999
+    window = SceneReader(write_scene(tmp_path / "nd.tif", data, nodata=-9999)).read((0, 0, 20, 24))
+    np.testing.assert_array_equal(window.valid, ~invalid)
+    assert np.all(window.image[:, invalid] == 0) and np.all(window.image[:, ~invalid] == 500)
+
+
+def test_without_nodata_tag_the_same_values_count_as_data(tmp_path):
+    """The teeth of the test above: the same file without its nodata tag reads -9999 as data."""
+    invalid = _checkerboard_invalid()
+    data = np.full((2, *invalid.shape), 500, dtype=np.int16)
+    data[:, invalid] = -9999
+    window = SceneReader(write_scene(tmp_path / "nd.tif", data)).read((0, 0, 20, 24))
+    assert window.valid.all() and window.image.min() == -9999
+
+
+def test_internal_mask_band_marks_invalid(tmp_path):
+    invalid = _checkerboard_invalid()
+    data = np.full((3, *invalid.shape), 7, dtype=np.uint16)
+    path = write_scene(tmp_path / "mask.tif", data, mask=~invalid)
+    with rasterio.open(path) as ds:
+        assert rasterio.enums.MaskFlags.per_dataset in ds.mask_flag_enums[0]
+    window = SceneReader(path).read((-4, -4, 24, 28))
+    np.testing.assert_array_equal(window.valid, reflect_reference(~invalid, (-4, -4, 24, 28)))
+    assert np.all(window.image[:, ~window.valid] == 0)
+
+
+def test_alpha_band_marks_invalid(tmp_path):
+    invalid = _checkerboard_invalid()
+    rgb = np.full((3, *invalid.shape), 120, dtype=np.uint8)
+    alpha = np.where(invalid, 0, 255).astype(np.uint8)[None]
+    path = write_scene(tmp_path / "rgba.tif", np.concatenate([rgb, alpha]), photometric="RGB",
+                       alpha="YES", tiled=False)  # fmt: skip
+    with rasterio.open(path) as ds:
+        assert rasterio.enums.MaskFlags.alpha in ds.mask_flag_enums[0]
+    window = SceneReader(path, bands=[1, 2, 3]).read((0, 0, 20, 24))
+    np.testing.assert_array_equal(window.valid, ~invalid)
+
+
+def test_nan_and_inf_in_float32_are_invalid(tmp_path):
+    invalid = _checkerboard_invalid()
+    data = np.full((2, *invalid.shape), 0.25, dtype=np.float32)
+    data[0, invalid] = np.nan
+    data[1, 10, 10] = np.inf
+    window = SceneReader(write_scene(tmp_path / "nan.tif", data)).read((0, 0, 20, 24))
+    expected = ~invalid
+    expected[10, 10] = False
+    np.testing.assert_array_equal(window.valid, expected)
+    assert np.isfinite(window.image).all()
+
+
+@pytest.mark.parametrize(
+    "dtype, low, high", [("uint16", 0, 65535), ("int16", -32768, 32767), ("float32", -1e6, 1e6)]
+)
+def test_dtypes_read_exactly(tmp_path, dtype, low, high):
+    rng = np.random.default_rng(1)
+    data = rng.uniform(low, high, size=(2, 19, 23)).astype(dtype)
+    window = SceneReader(write_scene(tmp_path / f"{dtype}.tif", data)).read((0, 0, 19, 23))
+    np.testing.assert_array_equal(window.image, data.astype(np.float32))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bands and presets
+
+
+def test_band_selection_order(random_scene):
+    path, data, valid = random_scene
+    window = SceneReader(path, bands=[3, 1]).read((0, 0, 37, 53))
+    selected_valid = np.all(data[[2, 0]] != 0, axis=0)  # validity counts the selected bands only
+    assert selected_valid[20, 7] and not valid[20, 7]
+    np.testing.assert_array_equal(window.valid, selected_valid)
+    np.testing.assert_array_equal(window.image, np.where(selected_valid, data[[2, 0]], 0))
+    assert SceneReader(path, bands="2").count == 1
+
+
+def test_band_out_of_range_and_unknown_preset(random_scene):
+    with pytest.raises(PresetError, match="the scene has 3 bands"):
+        SceneReader(random_scene[0], bands=[4])
+    with pytest.raises(PresetError, match="generic"):
+        SceneReader(random_scene[0], preset="modis")
+
+
+def test_landsat_preset_scales_and_treats_zero_as_nodata(tmp_path):
+    data = np.array([[[0, 7273, 43636, 10000]]] * 7, dtype=np.uint16)  # 7 bands, 1 x 4 pixels, no nodata tag
+    reader = SceneReader(write_scene(tmp_path / "l2.tif", data, tiled=False), bands="SR_B4,SR_B3,SR_B2",
+                         preset="landsat-c2-l2")  # fmt: skip
+    assert reader.bands == (4, 3, 2) and reader.nodata == 0
+    window = reader.read((0, 0, 1, 4))
+    np.testing.assert_array_equal(window.valid[0], [False, True, True, True])
+    expected = np.array([0.0, 7273 * 0.0000275 - 0.2, 43636 * 0.0000275 - 0.2, 10000 * 0.0000275 - 0.2])
+    np.testing.assert_allclose(window.image[0, 0], expected, atol=1e-6)
+
+
+def test_sentinel2_l2a_preset_applies_baseline_offset(tmp_path):
+    data = np.full((12, 2, 2), 3000, dtype=np.uint16)
+    window = SceneReader(write_scene(tmp_path / "s2.tif", data, tiled=False), bands=["B04"],
+                         preset="sentinel2-l2a").read((0, 0, 2, 2))  # fmt: skip
+    np.testing.assert_allclose(window.image, 0.2, atol=1e-6)  # (3000 - 1000) / 10000
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pickling and worker processes
+
+
+def _read_in_child(args):
+    reader, bounds = args
+    return reader.read(bounds).image
+
+
+def test_reader_pickles_and_reads_in_a_child_process(random_scene):
+    path, data, valid = random_scene
+    reader = SceneReader(path)
+    reader.read((0, 0, 4, 4))  # the handle is open in this process
+    clone = pickle.loads(pickle.dumps(reader))
+    assert clone._dataset is None and clone.bands == reader.bands
+    bounds = (-8, 30, 24, 62)
+    expected = reader.read(bounds).image
+    np.testing.assert_array_equal(clone.read(bounds).image, expected)
+    for method in ("fork", "spawn"):
+        with multiprocessing.get_context(method).Pool(1) as pool:
+            (child,) = pool.map(_read_in_child, [(reader, bounds)])
+        np.testing.assert_array_equal(child, expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# band statistics
+
+
+def _reference_stats(data, valid):
+    values = data[:, valid].astype(np.float64)
+    return values.mean(axis=1), values.std(axis=1), valid.sum()
+
+
+@pytest.mark.parametrize("tile", [8, 16, 1000])
+def test_stats_on_whole_image_match_numpy(random_scene, tile):
+    path, data, valid = random_scene
+    stats = compute_band_stats(SceneReader(path), tile=tile, max_windows=10_000)
+    mean, std, count = _reference_stats(data, valid)
+    np.testing.assert_allclose(stats.mean, mean, rtol=1e-12)
+    np.testing.assert_allclose(stats.std, std, rtol=1e-10)
+    np.testing.assert_array_equal(stats.count, count)
+    # teeth: counting the nodata zeros would have moved the mean
+    with_nodata = data.reshape(3, -1).astype(np.float64).mean(axis=1)
+    assert not np.allclose(stats.mean, with_nodata, rtol=1e-6)
+
+
+def test_stats_sample_is_deterministic_and_a_subset(random_scene):
+    path, data, valid = random_scene
+    reader = SceneReader(path)
+    a = compute_band_stats(reader, tile=8, max_windows=5, seed=3)
+    b = compute_band_stats(reader, tile=8, max_windows=5, seed=3)
+    c = compute_band_stats(reader, tile=8, max_windows=5, seed=4)
+    np.testing.assert_array_equal(a.mean, b.mean)
+    assert not np.array_equal(a.mean, c.mean)
+    assert a.count[0] <= 5 * 64 and a.count[0] < valid.sum()
+
+
+def test_stats_constant_band_floor_and_roundtrip(tmp_path):
+    data = np.stack([np.full((10, 10), 5, np.uint16), np.arange(100, dtype=np.uint16).reshape(10, 10)])
+    stats = compute_band_stats(SceneReader(write_scene(tmp_path / "c.tif", data, tiled=False)))
+    assert stats.std[0] == STD_EPSILON and stats.mean[0] == 5
+    again = BandStats.from_dict(json.loads(json.dumps(stats.to_dict())))
+    np.testing.assert_array_equal(again.mean, stats.mean)
+    np.testing.assert_array_equal(again.std, stats.std)
+    np.testing.assert_array_equal(again.count, stats.count)
+
+
+def test_stats_without_valid_pixels_raise(tmp_path):
+    data = np.zeros((1, 8, 8), np.uint16)
+    with pytest.raises(SceneError, match="no valid pixel"):
+        compute_band_stats(SceneReader(write_scene(tmp_path / "z.tif", data, nodata=0, tiled=False)))
+
+
+def test_normalise(random_scene):
+    path, data, valid = random_scene
+    reader = SceneReader(path)
+    stats = compute_band_stats(reader, tile=16, max_windows=100)
+    window = reader.read((0, 0, 37, 53))
+    out = normalise(window.image, window.valid, stats)
+    assert out.dtype == np.float32
+    assert np.all(out[:, ~valid] == 0)
+    np.testing.assert_allclose(out[:, valid].mean(axis=1), 0, atol=1e-5)
+    np.testing.assert_allclose(out[:, valid].std(axis=1), 1, atol=1e-5)
+    with pytest.raises(SceneError, match="bands"):
+        normalise(window.image[:2], window.valid, stats)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# scene_info
+
+
+def test_scene_info_of_a_good_scene(random_scene):
+    info = scene_info(random_scene[0])
+    assert (info.width, info.height, info.count, info.dtype) == (53, 37, 3, "uint16")
+    assert info.crs_string == UTM and info.georeferenced and info.problems == ()
+    assert info.tiled and info.block_shapes[0] == (16, 16) and info.nodata == 0
+    d = json.loads(json.dumps(info.to_dict()))
+    assert d["crs"] == UTM and d["transform"] == list(TRANSFORM)[:6] and d["block_shapes"][0] == [16, 16]
+
+
+def test_scene_info_problems(tmp_path):
+    data = np.ones((1, 8, 8), np.uint8)
+    no_crs = scene_info(write_scene(tmp_path / "nocrs.tif", data, crs=None, tiled=False))
+    assert any(p.startswith("no CRS") for p in no_crs.problems) and not no_crs.georeferenced
+
+    identity = scene_info(write_scene(tmp_path / "id.tif", data, transform=Affine.identity(), tiled=False))
+    assert any("not georeferenced" in p for p in identity.problems) and not identity.georeferenced
+
+    rotated = scene_info(write_scene(tmp_path / "rot.tif", data, transform=TRANSFORM @ Affine.rotation(20),
+                                     tiled=False))  # fmt: skip
+    assert any("rotated" in p for p in rotated.problems) and rotated.georeferenced
+
+    geographic = scene_info(write_scene(tmp_path / "geo.tif", data, crs="EPSG:4326",
+                                        transform=from_origin(10, 50, 0.001, 0.001), tiled=False))  # fmt: skip
+    assert any("degrees" in p for p in geographic.problems) and geographic.crs_string == "EPSG:4326"
+
+    gcps = [GroundControlPoint(0, 0, 500000, 4000000), GroundControlPoint(8, 8, 500080, 3999920),
+            GroundControlPoint(0, 8, 500080, 4000000)]  # fmt: skip
+    path = tmp_path / "gcps.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8",
+                       gcps=gcps, crs=UTM) as ds:  # fmt: skip
+        ds.write(data)
+    gcp_info = scene_info(path)
+    assert any(p.startswith("GCPs only") for p in gcp_info.problems) and not gcp_info.georeferenced
+
+
+def test_scene_errors(tmp_path, random_scene):
+    with pytest.raises(SceneError, match="not found"):
+        scene_info(tmp_path / "missing.tif")
+    text = tmp_path / "notes.tif"
+    text.write_text("this is not a raster\n")
+    with pytest.raises(SceneError, match="not a raster"):
+        scene_info(text)
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    with pytest.raises(SceneError, match="empty"):
+        scene_info(empty)
+    whole = random_scene[0].read_bytes()
+    for fraction in (0.3, 0.8):
+        truncated = tmp_path / f"truncated{fraction}.tif"
+        truncated.write_bytes(whole[: int(len(whole) * fraction)])
+        with pytest.raises(SceneError, match="corrupt or truncated") as info:
+            scene_info(truncated)
+        assert "\n" not in str(info.value)
+    with pytest.raises(SceneError, match="not found"):
+        SceneReader(tmp_path / "missing.tif")
+
+
+def test_scene_info_on_the_shared_scenes(shared_data):
+    paths = sorted(p for p in shared_data.rglob("*") if p.suffix.lower() in (".tif", ".tiff"))
+    assert len(paths) >= 8
+    for path in paths:
+        info = scene_info(path)
+        json.dumps(info.to_dict())
+        assert info.width > 0 and info.height > 0
+        if "dfc2020" in str(path):
+            assert not info.georeferenced
+            assert any("not georeferenced" in p for p in info.problems)
+        else:
+            assert info.georeferenced and info.crs_string.startswith("EPSG:326"), path
+    parana = scene_info(next(shared_data.glob("landsat8_parana/*.TIF")))
+    assert parana.tiled and parana.block_shapes[0] == (256, 256) and parana.count == 3
+
+
+def test_reader_on_the_demo_scene_edges(demo_scene):
+    reader = SceneReader(demo_scene)
+    with rasterio.open(demo_scene) as ds:
+        whole = ds.read().astype(np.float64)
+        valid = np.all(ds.read_masks() > 0, axis=0)
+    bounds = (reader.height - 100, reader.width - 60, reader.height + 92, reader.width + 132)
+    window = reader.read(bounds)
+    np.testing.assert_array_equal(window.image, reflect_reference(np.where(valid, whole, 0), bounds))
+    np.testing.assert_array_equal(window.valid, reflect_reference(valid, bounds))
