@@ -217,6 +217,7 @@ class Trainer:
         self.precision = resolve_precision(config.precision, self.device)
         self.sources, self.class_table, self.scene_meta = _open_sources(scenes, labels, config)
         self.train_items, self.val_items, self.counts = _plan_windows(self.sources, config)
+        torch.manual_seed(config.seed)  # the initial weights depend on the seed alone
         self.model, self.spec = _build(self.sources, self.class_table, config, self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
@@ -372,7 +373,7 @@ class Trainer:
     # -- validation ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def _validate(self) -> dict:
-        from rs_pgd.metrics import scores, update_confusion
+        from rs_pgd.metrics import majority_baseline_miou, scores, update_confusion
 
         self.model.eval()
         k = self.class_table.num_classes
@@ -383,7 +384,9 @@ class Trainer:
                 logits = self.model(image)
             predicted = logits.argmax(dim=1)
             update_confusion(confusion, target.cpu().numpy(), predicted.cpu().numpy())
-        return scores(confusion, self.class_table.names)
+        result = scores(confusion, self.class_table.names)
+        result["majority_miou"] = round(majority_baseline_miou(confusion), 6)
+        return result
 
     # -- bookkeeping --------------------------------------------------------------------------------------
     def _record_epoch(self, epoch: int, train_loss: float, scores: dict | None) -> None:
@@ -391,6 +394,7 @@ class Trainer:
                  "lr": self.optimizer.param_groups[0]["lr"]}
         if scores is not None:
             entry.update({"val_miou": scores["miou"], "val_accuracy": scores["accuracy"],
+                          "val_majority_miou": scores["majority_miou"],
                           "val_per_class": [{"name": p["name"], "iou": p["iou"], "f1": p["f1"]}
                                             for p in scores["per_class"]]})
         self.history.append(entry)
@@ -491,13 +495,18 @@ class Trainer:
 # -- set-up helpers ---------------------------------------------------------------------------------------
 def _open_sources(scenes, labels, c: FitConfig):
     from rs_pgd.dataset import SceneSource
-    from rs_pgd.labels import open_labels
-    from rs_pgd.raster import SceneReader, compute_band_stats, scene_info
+    from rs_pgd.labels import _looks_like_raster, open_labels
+    from rs_pgd.raster import SceneReader, compute_band_stats, require_north_up, scene_info
 
     sources, table, infos = [], None, []
     reader0 = None
     for scene_path, label_path in zip(scenes, labels):
         info = scene_info(scene_path)
+        require_north_up(info, vector_labels=not _looks_like_raster(Path(label_path)))
+        if info.crs is not None and info.crs.is_geographic:
+            warnings.warn(f"{Path(scene_path).name} is in a geographic CRS ({info.crs_string}): windows are square "
+                          "in pixels, not in metres; fine for training, but reproject it (gdalwarp -t_srs) for "
+                          "areas in m²", stacklevel=2)
         reader = SceneReader(scene_path, bands=c.bands, preset=c.preset or "generic")
         if reader0 is not None and reader.count != reader0.count:
             raise LabelError(f"{scene_path} has {reader.count} bands but {scenes[0]} has {reader0.count}; "
