@@ -19,11 +19,11 @@ def __getattr__(name):
 
         return predict
     if name == "evaluate":
-        from rs_pgd.evaluate import evaluate
+        from rs_pgd.evaluation import evaluate
 
         return evaluate
     if name == "vectorize":
-        from rs_pgd.vectorize import vectorize
+        from rs_pgd.vectorization import vectorize
 
         return vectorize
     if name == "scene_info":

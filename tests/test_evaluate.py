@@ -9,7 +9,7 @@ from affine import Affine
 from click.testing import CliRunner
 
 from rs_pgd.errors import LabelError, OutputError, SceneError
-from rs_pgd.evaluate import confusion_png, evaluate, format_table
+from rs_pgd.evaluation import confusion_png, evaluate, format_table
 
 CRS = "EPSG:32618"
 TRANSFORM = Affine(10.0, 0.0, 600000.0, 0.0, -10.0, 5000000.0)

@@ -11,9 +11,9 @@ from affine import Affine
 from click.testing import CliRunner
 from rasterio.features import rasterize
 
-from rs_pgd import vectorize as vectorize_module
+from rs_pgd import vectorization as vectorize_module
 from rs_pgd.errors import OutputError, SceneError
-from rs_pgd.vectorize import read_class_names, vectorize
+from rs_pgd.vectorization import read_class_names, vectorize
 
 CRS = "EPSG:32618"
 TRANSFORM = Affine(30.0, 0.0, 500000.0, 0.0, -30.0, 4000000.0)

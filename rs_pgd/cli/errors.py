@@ -31,6 +31,12 @@ class ErrorHandlingGroup(click.Group):
             warnings.showwarning = _show_warning
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            # one line, like every other error: "Error: <problem> (see 'rs-pgd fit --help')"
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            raise InputError(f"{_one_line(exc.format_message())} (see '{where} --help')") from None
         except RsPgdError as exc:
             if os.environ.get("RS_PGD_DEBUG"):
                 raise

@@ -22,9 +22,9 @@ def evaluate(prediction, labels, class_column, layer, all_touched, background, a
 
     Pixels without a label are ignored; labelled pixels where PRED is nodata are reported as unscored.
     """
-    from rs_pgd.evaluate import confusion_png as draw_confusion
-    from rs_pgd.evaluate import evaluate as run_evaluate
-    from rs_pgd.evaluate import format_table, to_json
+    from rs_pgd.evaluation import confusion_png as draw_confusion
+    from rs_pgd.evaluation import evaluate as run_evaluate
+    from rs_pgd.evaluation import format_table, to_json
 
     result = run_evaluate(prediction, labels, class_column=class_column, layer=layer, all_touched=all_touched,
                           background=background, tile=tile)

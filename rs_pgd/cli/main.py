@@ -24,3 +24,7 @@ def cli():
 
 for _command in (info, fit, predict, evaluate, vectorize, demo):
     cli.add_command(_command)
+
+
+if __name__ == "__main__":
+    cli()

@@ -20,8 +20,8 @@ def vectorize(prediction, output, min_area, simplify, tile, layer, as_json):
     """Write the polygons of the class map PRED to OUTPUT, in PRED's CRS; the format follows the extension."""
     import json
 
-    from rs_pgd.vectorize import format_summary
-    from rs_pgd.vectorize import vectorize as run_vectorize
+    from rs_pgd.vectorization import format_summary
+    from rs_pgd.vectorization import vectorize as run_vectorize
 
     summary = run_vectorize(prediction, output, min_area=min_area, simplify=simplify, tile=tile, layer=layer)
     click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))

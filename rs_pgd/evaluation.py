@@ -69,7 +69,7 @@ def evaluate(prediction, labels, *, class_column=None, layer=None, mapping=None,
     from rs_pgd.grid import WindowGrid
     from rs_pgd.labels import IGNORE_INDEX, open_labels
     from rs_pgd.raster import scene_info
-    from rs_pgd.vectorize import open_prediction, read_class_names
+    from rs_pgd.vectorization import open_prediction, read_class_names
 
     scene = scene_info(prediction)
     source = open_labels(labels, scene, class_column=class_column, mapping=mapping, layer=layer,
