@@ -213,10 +213,15 @@ class Trainer:
         self.config = config
         self.output = output
         check_output_path(output, inputs=[*scenes, *labels])
+        if (config.val_scene is None) != (config.val_labels is None):
+            raise LabelError("give both a validation scene and its labels (--val SCENE LABELS), or neither")
+        n_train = len(scenes)
+        if config.val_scene is not None:
+            scenes, labels = [*scenes, config.val_scene], [*labels, config.val_labels]
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
         self.sources, self.class_table, self.scene_meta = _open_sources(scenes, labels, config)
-        self.train_items, self.val_items, self.counts = _plan_windows(self.sources, config)
+        self.train_items, self.val_items, self.counts = _plan_windows(self.sources, config, n_train)
         torch.manual_seed(config.seed)  # the initial weights depend on the seed alone
         self.model, self.spec = _build(self.sources, self.class_table, config, self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -543,8 +548,12 @@ def _band_names(reader) -> list[str]:
     return out
 
 
-def _plan_windows(sources, c: FitConfig):
-    """Count the scored pixels of every window, drop windows with none, split spatial blocks for validation."""
+def _plan_windows(sources, c: FitConfig, n_train: int):
+    """Count the scored pixels of every window, drop windows with none, split spatial blocks for validation.
+
+    Sources from ``n_train`` on are validation scenes: all their windows validate, and no block of the training
+    scenes is held out.
+    """
     from rs_pgd.dataset import window_sample
 
     items, counts = [], []
@@ -560,7 +569,15 @@ def _plan_windows(sources, c: FitConfig):
         raise LabelError("no window has a labelled, valid pixel: the labels do not cover valid scene pixels; "
                          "check the label file and the class column")
     counts = np.asarray(counts)
-    val_mask = _spatial_blocks(items, counts, sources, c.val_fraction, c.seed)
+    held_scene = np.array([s >= n_train for s, _ in items], dtype=bool)
+    if held_scene.any():
+        val_mask = held_scene
+    elif len(sources) > n_train:
+        raise LabelError("the validation scene has no labelled, valid pixel; check its labels")
+    else:
+        val_mask = _spatial_blocks(items, counts, sources, c.val_fraction, c.seed)
+    if val_mask.all():
+        raise LabelError("no training window has a labelled, valid pixel; check the label file and the class column")
     train = [it for it, v in zip(items, val_mask) if not v]
     val = [it for it, v in zip(items, val_mask) if v]
     return train, val, counts[~val_mask]

@@ -152,3 +152,15 @@ def test_fit_learns_the_demo_scene(tmp_path, demo_scene, demo_labels):
     baseline = result.history[0]["val_majority_miou"]
     assert best["val_miou"] >= baseline + 0.25, (best["val_miou"], baseline)
     assert best["val_miou"] >= 0.75
+
+
+def test_a_separate_validation_scene_validates_and_never_trains(tmp_path, small_scene, demo_scene, demo_labels):
+    from rs_pgd.train import FitConfig, Trainer
+
+    config = FitConfig(**(FAST | {"val_scene": str(demo_scene), "val_labels": str(demo_labels)}))
+    trainer = Trainer([small_scene], [demo_labels], tmp_path / "m.safetensors", config)
+    assert {s for s, _ in trainer.train_items} == {0}
+    assert {s for s, _ in trainer.val_items} == {1}
+    assert len(trainer.train_items) == 16  # no block of the training scene is held out
+    with pytest.raises(LabelError, match="both"):
+        fit(small_scene, demo_labels, tmp_path / "m.safetensors", **(FAST | {"val_scene": str(demo_scene)}))

@@ -79,13 +79,15 @@ def _mapping(ctx, param, value):
 @options.device_opt
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="Share of labelled pixels held out as spatial blocks for validation (0 to turn off).")
+@click.option("--val", "val_pair", nargs=2, default=None, metavar="SCENE LABELS",
+              help="Validate on this separate scene and its labels instead of held-out blocks.")
 @click.option("--log-json", type=click.Path(dir_okay=False), default=None, help="Append one JSON line per optimizer step to this file.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch.")
 @click.option("--quiet", is_flag=True, help="No progress bar or epoch lines.")
 def fit(scene, labels, output, extra, class_column, layer, mapping, background, all_touched, bands, preset, arch,
         encoder, encoder_weights, tile, margin, stride, batch_size, epochs, max_steps, lr, step_every, weighting,
         hard_mining, norm, precision, grad_checkpointing, no_augment, workers, seed, device, val_fraction,
-        log_json, resume, quiet):
+        val_pair, log_json, resume, quiet):
     """Train a segmentation model on SCENE with LABELS (vector file or label raster) and write a checkpoint."""
     import rs_pgd
 
@@ -98,6 +100,7 @@ def fit(scene, labels, output, extra, class_column, layer, mapping, background, 
         epochs=epochs, max_steps=max_steps, lr=lr, step_every=step_every, weighting=weighting,
         hard_mining=hard_mining, norm=norm, precision=precision, grad_checkpointing=grad_checkpointing,
         augment=not no_augment, workers=workers, seed=seed, device=device, val_fraction=val_fraction,
+        val_scene=val_pair[0] if val_pair else None, val_labels=val_pair[1] if val_pair else None,
         log_json=log_json, progress=not quiet,
     )
     best = result.best or {}
