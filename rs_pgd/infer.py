@@ -129,9 +129,10 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
 
 def _open_scene_for(meta: dict, scene, model):
     """Open ``scene`` with the checkpoint's bands and preset; a scene that does not fit is a clear error."""
-    from rs_pgd.raster import SceneReader, scene_info
+    from rs_pgd.raster import SceneReader, require_north_up, scene_info
 
     info = scene_info(scene)
+    require_north_up(info)  # a rotated or GCP-only output would be misplaced by most GIS tools
     bands = meta.get("bands") or []
     needed = meta["model"]["in_channels"]
     if bands and max(bands) > info.count:

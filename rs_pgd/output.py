@@ -51,7 +51,7 @@ def check_output_path(path, inputs: Iterable = (), overwrite: bool = True) -> Pa
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"directory {parent} does not exist; create it or choose another output path")
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if not os.access(parent, os.W_OK | os.X_OK) or not _can_create_in(parent):
         raise OutputError(f"directory {parent} is not writable; choose another output path")
     if target.is_dir():
         raise OutputError(
@@ -68,6 +68,19 @@ def check_output_path(path, inputs: Iterable = (), overwrite: bool = True) -> Pa
         if item is not None and _same_file(target, Path(item)):
             raise OutputError(f"output {target} is also an input of this run; choose another output path")
     return target
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can really be created in ``folder`` (``os.access`` says yes to root everywhere, e.g. /proc)."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".rs-pgd-probe.", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -301,9 +314,12 @@ class _StreamingWriter:
                 f"row band {tuple(data.shape)} at row {row_start} does not fit the {self.count}x{self.height}x{self.width} "
                 "output; write (bands, rows, width) arrays inside the scene"
             )
-        self._dataset.write(
-            data.astype(self.dtype, copy=False), window=Window(0, row_start, self.width, rows)
-        )
+        try:
+            self._dataset.write(
+                data.astype(self.dtype, copy=False), window=Window(0, row_start, self.width, rows)
+            )
+        except _GDAL_ERRORS as exc:
+            raise _write_failed(self.path, exc) from None
         self._written[row_start : row_start + rows] = True
 
     @property
@@ -335,6 +351,9 @@ class _StreamingWriter:
             if self.cog:
                 self._convert_to_cog()
             self._atomic.commit()
+        except _GDAL_ERRORS as exc:
+            self.abort()
+            raise _write_failed(self.path, exc) from None
         except BaseException:
             self.abort()
             raise
@@ -369,6 +388,18 @@ class _StreamingWriter:
                 pass
         remove_raster(self._stream_path)
         self._atomic.discard()
+
+
+from rasterio._err import CPLE_BaseError  # noqa: E402  (GDAL errors that are not OSError, e.g. on a full disk)
+from rasterio.errors import RasterioError  # noqa: E402
+
+_GDAL_ERRORS = (CPLE_BaseError, RasterioError)
+
+
+def _write_failed(path: Path, exc: BaseException) -> OutputError:
+    """One-line :class:`OutputError` for a GDAL failure while writing ``path`` (full disk, file-size limit, ...)."""
+    detail = " ".join(str(exc).split())[:200]
+    return OutputError(f"could not write {path} ({detail}); check free disk space and file-size limits, then run again")
 
 
 class StreamingClassWriter(_StreamingWriter):

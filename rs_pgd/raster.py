@@ -211,6 +211,40 @@ def _describe(ds, path) -> SceneInfo:
     )
 
 
+def require_north_up(info: SceneInfo, vector_labels: bool = False) -> None:
+    """Refuse scenes whose pixels cannot be placed on a north-up map grid (and, with vector labels, no CRS).
+
+    Parameters
+    ----------
+    info : SceneInfo
+        From :func:`scene_info`.
+    vector_labels : bool
+        True when vector labels must be rasterised onto the scene: then the scene needs a CRS.
+
+    Raises
+    ------
+    SceneError
+        GCP-only placement, a rotated or sheared transform, or no CRS with vector labels.
+    """
+    name = Path(info.path).name
+    if any(p.startswith("GCPs only") for p in info.problems):
+        raise SceneError(
+            f"{name} is placed by ground control points only (no geotransform): warp it to a north-up grid first, "
+            f"e.g. gdalwarp -r bilinear {name} {Path(name).stem}_warped.tif"
+        )
+    t = info.transform
+    if t.b != 0 or t.d != 0:
+        raise SceneError(
+            f"{name} has a rotated or sheared transform: warp it to a north-up grid first, "
+            f"e.g. gdalwarp -r bilinear {name} {Path(name).stem}_northup.tif"
+        )
+    if vector_labels and info.crs is None:
+        raise SceneError(
+            f"{name} has no CRS, so vector labels cannot be placed on it: assign one "
+            f"(rio edit-info --crs EPSG:XXXX {name}) or give a label raster on the scene's grid"
+        )
+
+
 def crs_to_string(crs: CRS | None) -> str | None:
     """``"EPSG:NNNN"`` when the CRS has an EPSG code, else its WKT; None for no CRS."""
     if crs is None:

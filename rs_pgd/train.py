@@ -218,7 +218,13 @@ class Trainer:
         n_train = len(scenes)
         if config.val_scene is not None:
             scenes, labels = [*scenes, config.val_scene], [*labels, config.val_labels]
+        from rs_pgd.distributed import init_distributed, local_device
+
         self.device = resolve_device(config.device)
+        self.dist = init_distributed(self.device.type)
+        self.device = local_device(self.device)
+        if not self.dist.is_main:
+            config.progress = False
         self.precision = resolve_precision(config.precision, self.device)
         self.sources, self.class_table, self.scene_meta = _open_sources(scenes, labels, config)
         self.train_items, self.val_items, self.counts = _plan_windows(self.sources, config, n_train)
@@ -237,7 +243,7 @@ class Trainer:
     def run(self, resume: bool = False) -> FitResult:
         if resume:
             self._load_resume_state()
-        log = open(self.config.log_json, "a", encoding="utf-8") if self.config.log_json else None
+        log = open(self.config.log_json, "a", encoding="utf-8") if self.config.log_json and self.dist.is_main else None
         epoch = self.start_epoch
         try:
             for epoch in range(self.start_epoch, self.config.epochs):
@@ -256,6 +262,9 @@ class Trainer:
         finally:
             if log:
                 log.close()
+            self.dist.close()
+        if not self.dist.is_main:
+            return FitResult(self.output, self.history, self.best, self.steps)
         _plot_curve(self.history, sibling(self.output, ".curve.png"))
         return FitResult(self.output, self.history, self.best, self.steps)
 
@@ -317,15 +326,17 @@ class Trainer:
         from rs_pgd.pgd import pixel_losses
 
         c = self.config
-        items = [self.train_items[i] for i in group["items"]]
         mult = dict(zip(group["items"], group["multipliers"]))
-        loader = self._loader(items, augment=c.augment, seed=_epoch_seed(c.seed, epoch) + self.steps)
+        mine = self.dist.share(group["items"])
+        items = [self.train_items[i] for i in mine]
+        loader = self._loader(items, augment=c.augment, seed=_epoch_seed(c.seed, epoch) + self.steps) if items else []
+        before = self.loss_table[group["items"]].copy()
         total = 0.0
         position = 0
         started = time.perf_counter()
         for batch in loader:
             n = batch["image"].shape[0]
-            table_index = np.asarray(group["items"][position : position + n])
+            table_index = np.asarray(mine[position : position + n])
             position += n
             image, target, weight = self._to_device(batch)
             with autocast_context(self.precision, self.device):
@@ -343,13 +354,31 @@ class Trainer:
             self._update_loss_table(table_index, per_window.detach(), weight)
             bar.update(n)
             bar.set_postfix(loss=f"{total:.4f}", win_s=f"{position / (time.perf_counter() - started):.2f}")
+        if self.dist.enabled:
+            self.dist.sum_gradients(self.model)
+            total = float(self.dist.sum_array(np.array([total]), self.device)[0])
+            self._share_loss_table(group["items"], mine, before)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.dist.broadcast_buffers(self.model)
         return total
+
+    def _share_loss_table(self, group_items, mine, before):
+        """After a distributed group, every rank learns the recent losses of every window of the group."""
+        index = {item: k for k, item in enumerate(group_items)}
+        values = np.zeros(len(group_items))
+        seen = np.zeros(len(group_items))
+        for item in mine:
+            if np.isfinite(self.loss_table[item]):
+                values[index[item]] = self.loss_table[item]
+                seen[index[item]] = 1.0
+        values = self.dist.sum_array(values, self.device)
+        seen = self.dist.sum_array(seen, self.device)
+        self.loss_table[group_items] = np.where(seen > 0, values / np.maximum(seen, 1), before)
 
     def _update_loss_table(self, table_index, per_window_sum, weight):
         weights = weight.sum(dim=(1, 2)).clamp_min(1e-12).cpu().numpy()
@@ -383,12 +412,14 @@ class Trainer:
         self.model.eval()
         k = self.class_table.num_classes
         confusion = np.zeros((k, k), dtype=np.int64)
-        for batch in self._loader(self.val_items, augment=False, seed=0):
+        mine = self.dist.share(self.val_items)
+        for batch in self._loader(mine, augment=False, seed=0) if mine else []:
             image, target, _ = self._to_device(batch)
             with autocast_context(self.precision, self.device):
                 logits = self.model(image)
             predicted = logits.argmax(dim=1)
             update_confusion(confusion, target.cpu().numpy(), predicted.cpu().numpy())
+        confusion = self.dist.sum_array(confusion, self.device)
         result = scores(confusion, self.class_table.names)
         result["majority_miou"] = round(majority_baseline_miou(confusion), 6)
         return result
@@ -441,6 +472,15 @@ class Trainer:
         }
 
     def _save(self, epoch: int) -> None:
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return
+        try:
+            self._write_checkpoints(epoch)
+        finally:
+            self.dist.barrier()
+
+    def _write_checkpoints(self, epoch: int) -> None:
         from rs_pgd.models import save_checkpoint
 
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}

@@ -10,7 +10,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / "rs_pgd" / "data"
-SHARED_DATA = Path(os.environ.get("RS_PGD_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _shared_data() -> Path:
+    """The real scenes: $RS_PGD_SHARED_DATA, else ../shared/data next to the checkout, else /work/shared/data."""
+    if os.environ.get("RS_PGD_SHARED_DATA"):
+        return Path(os.environ["RS_PGD_SHARED_DATA"])
+    for candidate in (REPO.parent / "shared" / "data", Path("/work/shared/data")):
+        if candidate.is_dir():
+            return candidate
+    return REPO.parent / "shared" / "data"
+
+
+SHARED_DATA = _shared_data()
 
 
 @pytest.fixture

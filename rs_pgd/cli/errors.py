@@ -1,5 +1,6 @@
 """Turn library errors into one-line CLI messages with exit status 2, never a traceback."""
 
+import logging
 import os
 import sys
 import warnings
@@ -29,6 +30,11 @@ class ErrorHandlingGroup(click.Group):
     def invoke(self, ctx):
         if not os.environ.get("RS_PGD_DEBUG"):
             warnings.showwarning = _show_warning
+            # GDAL's own "ERROR 1: ..." lines (printed outside rasterio's handler, e.g. on a full disk) would break
+            # the one-line rule; the error itself still reaches us as an exception
+            os.environ.setdefault("CPL_LOG", os.devnull)
+            # rasterio logs GDAL errors; without a handler Python prints them raw to stderr
+            logging.getLogger("rasterio").addHandler(logging.NullHandler())
         try:
             return super().invoke(ctx)
         except click.exceptions.NoArgsIsHelpError:

@@ -1,0 +1,273 @@
+"""Bad-input catalogue: every case runs the real CLI in a subprocess (``python -m rs_pgd.cli.main``).
+
+A refused input must give exit status 2, exactly one non-empty stderr line ``Error: ...`` naming the problem and
+what to do, no traceback, and nothing at all in the output folder (no file, no hidden temporary file). An input
+that rs-pgd handles must give exit status 0, the expected output and, where asked, a ``Warning:`` line.
+
+The cases run concurrently (a thread pool of subprocesses) on first use, because each ``fit``/``predict`` pays
+~3.5 s of torch import; the parametrized tests then check one result each. docs/reliability.md lists the table.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+_spec = importlib.util.spec_from_file_location("bad_inputs", Path(__file__).parent / "data" / "bad_inputs.py")
+bad = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bad)
+
+FAST = ["--encoder", "resnet18", "--tile", "64", "--margin", "32", "--epochs", "1", "--batch-size", "4",
+        "--workers", "0", "--quiet", "--val-fraction", "0"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1",
+       "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+ENV.pop("RS_PGD_DEBUG", None)
+
+
+def run_cli(args, cwd, timeout=180) -> subprocess.CompletedProcess:
+    """Run ``rs-pgd ARGS`` in a fresh interpreter."""
+    return subprocess.run([sys.executable, "-m", "rs_pgd.cli.main", *map(str, args)], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class Case:
+    """One catalogue row: ``args`` may use ``{in}`` (inputs folder) and ``{out}`` (this case's output folder)."""
+
+    id: str
+    args: list
+    expect: str  # "error" or "ok"
+    match: str  # regex the Error/Warning line (or stdout, for ok) must match
+    output: str | None = "out.tif"  # relative to {out}: must not exist on error, must exist on ok
+    warning: str | None = None  # ok cases: regex of a required "Warning:" line
+    check: object = None  # ok cases: callable(output_path) with extra assertions
+    tags: list = field(default_factory=list)
+
+
+def fit(scene, labels, out="m.safetensors", *extra):
+    return ["fit", f"{{in}}/{scene}", f"{{in}}/{labels}", "-o", f"{{out}}/{out}", *FAST, *extra]
+
+
+def info(scene, labels=None):
+    return ["info", f"{{in}}/{scene}", *([f"{{in}}/{labels}"] if labels else [])]
+
+
+def predict(model, scene, out="out.tif", *extra):
+    return ["predict", f"{{in}}/{model}", f"{{in}}/{scene}", "-o", f"{{out}}/{out}", "--quiet", "--workers", "0",
+            *extra]
+
+
+def _class_map_ok(path):
+    with rasterio.open(path) as ds:
+        data = ds.read(1)
+        assert ds.crs is not None and not ds.transform.is_identity
+    assert set(np.unique(data)) <= {1, 2, 255}
+
+
+def _checkpoint_ok(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["format"] == "rs-pgd-checkpoint"
+
+
+E, OK = "error", "ok"
+CASES = [
+    # -- scene files --------------------------------------------------------------------------------------
+    Case("scene-missing", fit("missing.tif", "labels.gpkg"), E, r"scene not found.*check the path", "m.safetensors"),
+    Case("scene-not-raster", info("notes.tif"), E, r"not a raster.*GeoTIFF", None),
+    Case("scene-truncated", info("truncated.tif"), E, r"corrupt or truncated.*again", None),
+    Case("scene-truncated-predict", predict("model.safetensors", "truncated.tif"), E, r"corrupt or truncated"),
+    Case("scene-truncated-fit", fit("truncated.tif", "labels.gpkg"), E, r"corrupt or truncated", "m.safetensors"),
+    Case("scene-empty-file", info("empty.tif"), E, r"empty \(0 bytes\)", None),
+    Case("scene-nocrs-vector-labels", fit("nocrs.tif", "labels.gpkg"), E, r"no CRS.*rio edit-info --crs",
+         "m.safetensors"),
+    Case("scene-nocrs-label-raster", fit("nocrs.tif", "labels.tif"), OK, r"wrote", "m.safetensors",
+         check=_checkpoint_ok),
+    Case("scene-rotated", fit("rotated.tif", "labels.gpkg"), E, r"rotated or sheared.*gdalwarp", "m.safetensors"),
+    Case("scene-sheared-predict", predict("model.safetensors", "sheared.tif"), E, r"rotated or sheared.*gdalwarp"),
+    Case("scene-gcps-only", fit("gcps.tif", "labels.gpkg"), E, r"ground control points.*gdalwarp", "m.safetensors"),
+    Case("scene-gcps-only-predict", predict("model.safetensors", "gcps.tif"), E, r"ground control points.*gdalwarp"),
+    Case("scene-epsg4326", fit("geographic.tif", "labels.gpkg"), OK, r"wrote", "m.safetensors",
+         warning=r"geographic CRS \(EPSG:4326\)", check=_checkpoint_ok),
+    Case("scene-all-nodata", fit("allnodata.tif", "labels.gpkg"), E, r"no valid pixel.*nodata", "m.safetensors"),
+    Case("scene-smaller-than-window", fit("small.tif", "labels.gpkg"), OK, r"wrote", "m.safetensors",
+         check=_checkpoint_ok),
+    Case("scene-smaller-than-window-predict", predict("model.safetensors", "small.tif"), OK, r"wrote",
+         check=_class_map_ok),
+    Case("scene-1-band", info("bands1.tif", "labels.gpkg"), OK, r"1 band\(s\)", None),
+    Case("scene-13-band", fit("bands13.tif", "labels.gpkg"), OK, r"wrote", "m.safetensors", check=_checkpoint_ok),
+    Case("scene-uint16", info("uint16.tif", "labels.gpkg"), OK, r"uint16", None),
+    Case("scene-int16", info("int16.tif", "labels.gpkg"), OK, r"int16", None),
+    Case("scene-float32-nan", fit("float32.tif", "labels.gpkg"), OK, r"wrote", "m.safetensors",
+         check=_checkpoint_ok),
+    # -- labels -------------------------------------------------------------------------------------------
+    Case("labels-missing", info("scene.tif", "missing.gpkg"), E, r"labels not found.*check the path", None),
+    Case("labels-no-crs", fit("scene.tif", "nocrs.gpkg"), E, r"no CRS.*ogr2ogr -a_srs", "m.safetensors"),
+    Case("labels-other-crs", info("scene.tif", "mercator.gpkg"), OK,
+         r"reprojected labels from EPSG:3857 to EPSG:32618", None),
+    Case("labels-no-overlap", info("scene.tif", "elsewhere.gpkg"), E, r"do not overlap.*cover the same area", None),
+    Case("labels-empty", info("scene.tif", "empty.gpkg"), E, r"no features.*add features", None),
+    Case("labels-invalid-geometry", info("scene.tif", "invalid.gpkg"), OK, r"repaired 1 invalid geometr", None),
+    Case("labels-points", info("scene.tif", "points.gpkg"), OK, r"water .* px", None),
+    Case("labels-lines", info("scene.tif", "lines.gpkg"), OK, r"water .* px", None),
+    Case("labels-no-class-column", info("scene.tif", "nocolumn.gpkg"), E, r"no class column.*--class-column", None),
+    Case("labels-unknown-class-column", fit("scene.tif", "labels.gpkg", "m.safetensors", "--class-column", "nope"),
+         E, r"no column 'nope'.*columns are", "m.safetensors"),
+    Case("labels-ambiguous-column", info("scene.tif", "ambiguous.gpkg"), E, r"several possible class columns.*--class-column",
+         None),
+    Case("labels-null-classes", fit("scene.tif", "nulls.gpkg"), E, r"no feature .* has a value.*another column",
+         "m.safetensors", tags=["warning-first"]),
+    Case("labels-300-string-classes", info("scene.tif", "many.gpkg"), E, r"300 distinct classes.*mapping", None),
+    Case("labels-mapping-not-json", fit("scene.tif", "labels.gpkg", "m.safetensors", "--mapping", "{in}/mapping.json"),
+         E, r"--mapping.*not a JSON object", "m.safetensors"),
+    Case("labels-raster-other-grid", info("scene.tif", "labels_3857.tif"), OK, r"labels_3857.tif \(raster\)", None),
+    # -- checkpoints --------------------------------------------------------------------------------------
+    Case("checkpoint-band-count", predict("model.safetensors", "bands1.tif"), E, r"trained on bands \[1, 2, 3\].*1 band"),
+    Case("checkpoint-preset", predict("model_s2.safetensors", "scene.tif"), E, r"trained on bands .*has 3 band"),
+    Case("checkpoint-text", predict("notes.safetensors", "scene.tif"), E, r"not an rs-pgd checkpoint.*written by rs-pgd"),
+    Case("checkpoint-torch-pickle", predict("weights.pt", "scene.tif"), E, r"not an rs-pgd checkpoint.*not a safetensors"),
+    Case("checkpoint-foreign-safetensors", predict("foreign.safetensors", "scene.tif"), E,
+         r"no rs-pgd metadata.*written by rs-pgd"),
+    Case("checkpoint-missing", predict("nothing.safetensors", "scene.tif"), E, r"not found; check the path"),
+    # -- outputs ------------------------------------------------------------------------------------------
+    Case("output-dir-missing", predict("model.safetensors", "scene.tif", "no/such/dir/out.tif"), E,
+         r"does not exist; create it", "no/such/dir/out.tif"),
+    Case("output-dir-is-a-file", ["predict", "{in}/model.safetensors", "{in}/scene.tif", "-o", "{in}/notes.tif/out.tif",
+                                  "--quiet", "--workers", "0"], E, r"does not exist; create it", None),
+    Case("output-dir-not-writable", ["predict", "{in}/model.safetensors", "{in}/scene.tif", "-o", "/proc/out.tif",
+                                     "--quiet", "--workers", "0"], E, r"/proc is not writable", None),
+    Case("output-equals-input-predict", ["predict", "{in}/model.safetensors", "{in}/scene.tif", "-o", "{in}/scene.tif",
+                                         "--quiet"], E, r"also an input.*another output path", None),
+    Case("output-equals-input-fit", ["fit", "{in}/scene.tif", "{in}/labels.gpkg", "-o", "{in}/labels.gpkg", *FAST], E,
+         r"also an input.*another output path", None),
+    Case("vectorize-output-not-vector", ["vectorize", "{in}/classes.tif", "-o", "{in}/classes.tif"], E,
+         r"cannot tell the vector format.*\.gpkg", None),
+    # -- options ------------------------------------------------------------------------------------------
+    Case("tile-not-multiple-of-32", fit("scene.tif", "labels.gpkg", "m.safetensors", "--tile", "50"), E,
+         r"tile 50 must be a positive multiple of 32.*try 64", "m.safetensors"),
+    Case("margin-negative-predict", predict("model.safetensors", "scene.tif", "out.tif", "--margin", "-32"), E,
+         r"margin -32 is negative"),
+    Case("stride-larger-than-tile-predict", predict("model.safetensors", "scene.tif", "out.tif", "--tile", "64", "--stride", "128"), E,
+         r"stride 128 is larger than tile 64"),
+    Case("unknown-arch", fit("scene.tif", "labels.gpkg", "m.safetensors", "--arch", "Nope"), E,
+         r"unknown architecture 'Nope'; choose one of .*Unet.*FPN", "m.safetensors"),
+    Case("unknown-encoder", fit("scene.tif", "labels.gpkg", "m.safetensors", "--encoder", "nope"), E,
+         r"unknown encoder 'nope'.*resnet18", "m.safetensors"),
+    Case("unknown-preset", fit("scene.tif", "labels.gpkg", "m.safetensors", "--preset", "nope"), E,
+         r"unknown preset 'nope'.*generic.*sentinel2-l2a", "m.safetensors"),
+    Case("encoder-weights-missing", fit("scene.tif", "labels.gpkg", "m.safetensors", "--encoder-weights",
+                                        "{in}/missing.pth"), E, r"encoder weights file .* not found", "m.safetensors"),
+    Case("unknown-option", fit("scene.tif", "labels.gpkg", "m.safetensors", "--bogus"), E,
+         r"No such option '--bogus'.*--help", "m.safetensors"),
+]
+if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidia0").exists():
+    CASES.append(Case("device-cuda-without-cuda", fit("scene.tif", "labels.gpkg", "m.safetensors", "--device", "cuda"),
+                      E, r"CUDA is not available.*--device cpu", "m.safetensors"))
+
+
+def _sentinel_checkpoint(source, target):
+    """The same weights, relabelled as trained on the 13 bands of the sentinel2-l2a preset (no training)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(source), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    inner = json.loads(meta["rs_pgd"])
+    inner.update(preset="sentinel2-l2a", bands=list(range(1, 14)))
+    save_file(tensors, str(target), metadata={**meta, "rs_pgd": json.dumps(inner)})
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    bad.write_all(folder)
+    (folder / "empty.tif").write_bytes(b"")
+    bad.text_checkpoint(folder)
+    bad.torch_pickle_checkpoint(folder)
+    bad.foreign_safetensors(folder)
+    done = run_cli(["fit", folder / "scene.tif", folder / "labels.gpkg", "-o", folder / "model.safetensors", *FAST],
+                   folder)
+    assert done.returncode == 0, done.stderr
+    (folder / "model.curve.png").unlink()
+    (folder / "model.resume.pt").unlink()
+    _sentinel_checkpoint(folder / "model.safetensors", folder / "model_s2.safetensors")
+    with rasterio.open(folder / "scene.tif") as src:
+        profile = {**src.profile, "count": 1}
+    with rasterio.open(folder / "classes.tif", "w", **profile) as dst:
+        dst.write(np.where(np.arange(bad.SIZE)[None, None] < 48, 1, 2).repeat(bad.SIZE, 1).astype("uint8"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def results(inputs, tmp_path_factory):
+    """Run every case once, three at a time: ``{case id: (CompletedProcess, output folder)}``."""
+    root = tmp_path_factory.mktemp("outputs")
+
+    def one(case):
+        out = root / case.id
+        out.mkdir()
+        args = [str(a).replace("{in}", str(inputs)).replace("{out}", str(out)) for a in case.args]
+        return case.id, (run_cli(args, out), out)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(pool.map(one, CASES))
+
+
+def _lines(text):
+    return [line for line in text.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_catalogue(case, results, inputs):
+    done, out = results[case.id]
+    stderr = _lines(done.stderr)
+    assert "Traceback" not in done.stderr + done.stdout
+    if case.expect == E:
+        assert done.returncode == 2, (done.returncode, done.stderr)
+        if "warning-first" in case.tags:  # a Warning: line that leads to the error may come before it
+            stderr = [line for line in stderr if not line.startswith("Warning: ")]
+        assert len(stderr) == 1, f"expected one stderr line, got {stderr}"
+        assert stderr[0].startswith("Error: "), stderr
+        assert re.search(case.match, stderr[0]), f"{case.match!r} not in {stderr[0]!r}"
+        assert list(out.iterdir()) == [], f"left behind: {sorted(p.name for p in out.iterdir())}"
+        assert not [p for p in inputs.iterdir() if p.name.startswith(".")], "hidden temp files in the inputs"
+    else:
+        assert done.returncode == 0, done.stderr
+        assert not [line for line in stderr if line.startswith("Error")], stderr
+        assert re.search(case.match, done.stdout), done.stdout
+        if case.warning:
+            assert any(line.startswith("Warning: ") and re.search(case.warning, line) for line in stderr), stderr
+        if case.output:
+            target = out / case.output
+            assert target.is_file()
+            if case.check:
+                case.check(target)
+        assert not [p for p in out.iterdir() if p.name.startswith(".")], "hidden temp files left"
+
+
+def test_catalogue_is_large_enough():
+    assert len(CASES) >= 30
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+def test_checker_has_teeth(tmp_path):
+    """The checks above fail on a multi-line error, a traceback or a leftover file (sanity of the harness)."""
+    fake = subprocess.CompletedProcess([], 2, "", "Usage: x\n\nError: bad\n")
+    with pytest.raises(AssertionError):
+        assert len(_lines(fake.stderr)) == 1
+    (tmp_path / ".out.tif.123.tmp.tif").write_bytes(b"x")
+    assert list(tmp_path.iterdir()) != []
