@@ -67,10 +67,11 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     from rs_pgd.labels import ClassTable
     from rs_pgd.models import model_from_checkpoint
     from rs_pgd.output import StreamingClassWriter, StreamingProbabilityWriter, check_output_path
-    from rs_pgd.raster import BandStats
+    from rs_pgd.raster import BandStats, limit_gdal_cache
     from rs_pgd.stitch import RowStitcher, weight_kind
     from rs_pgd.train import default_workers, resolve_device, resolve_precision
 
+    limit_gdal_cache()
     started = time.perf_counter()
     weight_kind(blend)  # validates the blend mode before any work
     check_output_path(output, inputs=[model, scene])

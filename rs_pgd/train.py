@@ -25,63 +25,16 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from rs_pgd import __version__
+from rs_pgd.config import STEP_EVERY_SCENE, FitConfig, make_config, sibling
 from rs_pgd.errors import DeviceError, GridError, LabelError, RsPgdError, TrainingError
-from rs_pgd.grid import WindowGrid, validate_geometry
-
-STEP_EVERY_SCENE = "scene"
-WEIGHTINGS = ("uniform", "position", "loss")
-PRECISIONS = ("auto", "32", "bf16", "16-mixed")
-NORMS = ("frozen", "batch", "group")
-
-
-@dataclass
-class FitConfig:
-    """Every option of :func:`fit`, with its default. Stored, resolved, in the checkpoint."""
-
-    class_column: str | None = None
-    layer: str | None = None
-    mapping: dict | None = None
-    background: str | int | None = None
-    all_touched: bool = False
-    bands: list | None = None
-    preset: str | None = None
-    arch: str = "Unet"
-    encoder: str = "resnet34"
-    encoder_weights: str | None = None
-    tile: int = 256
-    margin: int = 64
-    stride: int | None = None
-    batch_size: int = 4
-    epochs: int = 40
-    max_steps: int | None = None
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    step_every: str | int = STEP_EVERY_SCENE
-    weighting: str = "uniform"
-    hard_mining: float | None = None
-    hard_mining_unbiased: bool = True
-    norm: str = "batch"
-    precision: str = "auto"
-    grad_checkpointing: bool = False
-    channels_last: bool = True
-    augment: bool = True
-    workers: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    val_fraction: float = 0.2
-    val_scene: str | None = None
-    val_labels: str | None = None
-    stats_windows: int = 64
-    log_json: str | None = None
-    progress: bool = True
-    extra: dict = field(default_factory=dict)
+from rs_pgd.grid import WindowGrid
 
 
 @dataclass
@@ -114,51 +67,16 @@ def fit(scenes, labels, output="model.safetensors", *, resume=False, **options) 
     -------
     FitResult
     """
-    config = _make_config(options)
+    from rs_pgd.raster import limit_gdal_cache
+
+    limit_gdal_cache()
+    config = make_config(options)
     scenes = [scenes] if isinstance(scenes, (str, os.PathLike)) else list(scenes)
     labels = [labels] if isinstance(labels, (str, os.PathLike)) else list(labels)
     if len(scenes) != len(labels):
         raise LabelError(f"{len(scenes)} scenes but {len(labels)} label files; give one label file per scene")
     trainer = Trainer(scenes, labels, Path(output), config)
     return trainer.run(resume=resume)
-
-
-def _make_config(options: dict) -> FitConfig:
-    known = {f for f in FitConfig.__dataclass_fields__}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(f"fit() got unknown options {unknown}; valid: {sorted(known)}")
-    config = FitConfig(**{k: v for k, v in options.items() if v is not None or k in ("stride", "max_steps")})
-    _validate_config(config)
-    return config
-
-
-def _validate_config(c: FitConfig) -> None:
-    if c.weighting not in WEIGHTINGS:
-        raise GridError(f"unknown weighting {c.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
-    if c.precision not in PRECISIONS:
-        raise TrainingError(f"unknown precision {c.precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if c.norm not in NORMS:
-        raise TrainingError(f"unknown norm {c.norm!r}; choose one of {', '.join(NORMS)}")
-    if c.step_every != STEP_EVERY_SCENE:
-        try:
-            c.step_every = int(c.step_every)
-        except (TypeError, ValueError):
-            raise TrainingError(f"--step-every {c.step_every!r} must be 'scene' or a number of windows") from None
-        if c.step_every < 1:
-            raise TrainingError("--step-every must be 'scene' or a positive number of windows")
-    if c.hard_mining is not None and not 0 < c.hard_mining <= 1:
-        raise TrainingError(f"--hard-mining {c.hard_mining} must be a fraction in (0, 1]")
-    if not 0 <= c.val_fraction < 1:
-        raise TrainingError(f"--val-fraction {c.val_fraction} must be in [0, 1)")
-    for name in ("batch_size", "epochs"):
-        if getattr(c, name) < 1:
-            raise TrainingError(f"--{name.replace('_', '-')} must be at least 1")
-    if c.max_steps is not None and c.max_steps < 1:
-        raise TrainingError("--max-steps must be at least 1")
-    if c.lr <= 0:
-        raise TrainingError("--lr must be positive")
-    validate_geometry(c.tile, c.margin, c.stride)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -195,13 +113,6 @@ def autocast_context(precision: str, device: torch.device):
 def default_workers() -> int:
     """One loader process per spare core, at most 4 (the model uses the cores too)."""
     return max(0, min(4, (os.cpu_count() or 1) - 1))
-
-
-def sibling(output: Path, suffix: str) -> Path:
-    """``model.safetensors`` -> ``model<suffix>`` (e.g. ``.resume.pt``)."""
-    name = output.name
-    stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else output.stem
-    return output.with_name(stem + suffix)
 
 
 class Trainer:

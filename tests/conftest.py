@@ -45,3 +45,27 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real scenes not found at {SHARED_DATA} (set RS_PGD_SHARED_DATA to the shared/data folder)")
     return SHARED_DATA
+
+
+def write_demo_crop(path, size: int, row_off: int = 128, col_off: int = 128):
+    """Write a ``size x size`` crop of the demo scene (land, water and a little nodata) to ``path``."""
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(DEMO_DIR / "RGB.byte.tif") as src:
+        window = Window(col_off, row_off, size, size)
+        profile = src.profile | {"width": size, "height": size, "transform": src.window_transform(window)}
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(src.read(window=window))
+    return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a torch test on one thread (small tensors are several times faster so on a busy 2-core machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,23 +4,16 @@ import subprocess
 import sys
 
 import pytest
-import rasterio
 import torch
-from rasterio.windows import Window
+from conftest import write_demo_crop
 
 OPTIONS = ["--encoder", "resnet18", "--tile", "64", "--margin", "32", "--epochs", "2", "--norm", "frozen",
            "--precision", "32", "--no-augment", "--workers", "0", "--val-fraction", "0", "--quiet", "--step-every", "7"]
 
 
 @pytest.fixture
-def crop(tmp_path, demo_scene):
-    path = tmp_path / "crop.tif"
-    with rasterio.open(demo_scene) as src:
-        window = Window(128, 128, 192, 192)
-        profile = src.profile | {"width": 192, "height": 192, "transform": src.window_transform(window)}
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(src.read(window=window))
-    return path
+def crop(tmp_path):
+    return write_demo_crop(tmp_path / "crop.tif", 192)
 
 
 def _fit(cmd_prefix, crop, labels, out, env_threads="1"):

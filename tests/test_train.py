@@ -4,9 +4,8 @@ import json
 
 import numpy as np
 import pytest
-import rasterio
 import torch
-from rasterio.windows import Window
+from conftest import write_demo_crop
 
 from rs_pgd.errors import GridError, LabelError, TrainingError
 from rs_pgd.models import load_checkpoint
@@ -15,24 +14,13 @@ from rs_pgd.train import fit, sibling
 FAST = dict(encoder="resnet18", tile=64, margin=32, batch_size=4, workers=0, progress=False, epochs=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
-def small_scene(tmp_path, demo_scene):
+def small_scene(tmp_path):
     """A 256 x 256 crop of the demo scene with both land and water (and a little nodata)."""
-    path = tmp_path / "crop.tif"
-    with rasterio.open(demo_scene) as src:
-        window = Window(128, 128, 256, 256)
-        profile = src.profile | {"width": 256, "height": 256, "transform": src.window_transform(window)}
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(src.read(window=window))
-    return path
+    return write_demo_crop(tmp_path / "crop.tif", 256)
 
 
 def _resume_weights(output):

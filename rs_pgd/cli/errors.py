@@ -2,6 +2,7 @@
 
 import logging
 import os
+import signal
 import sys
 import warnings
 
@@ -28,6 +29,9 @@ class ErrorHandlingGroup(click.Group):
     """A click group that reports :class:`RsPgdError` (and common OS errors on inputs) in one line, exit 2."""
 
     def invoke(self, ctx):
+        from rs_pgd.raster import limit_gdal_cache
+
+        limit_gdal_cache()  # before the first read: GDAL reads the cap once per process
         if not os.environ.get("RS_PGD_DEBUG"):
             warnings.showwarning = _show_warning
             # GDAL's own "ERROR 1: ..." lines (printed outside rasterio's handler, e.g. on a full disk) would break
@@ -55,5 +59,6 @@ class ErrorHandlingGroup(click.Group):
             # e.g. disk full while writing: the outputs are written atomically, so nothing is left half-written
             raise InputError(f"{_one_line(exc)}; check the path and free space, then run again") from None
         except KeyboardInterrupt as exc:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
             click.echo(f"Interrupted: {exc}" if str(exc) else "Interrupted.", err=True)
             sys.exit(130)

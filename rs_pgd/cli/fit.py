@@ -89,20 +89,24 @@ def fit(scene, labels, output, extra, class_column, layer, mapping, background, 
         hard_mining, norm, precision, grad_checkpointing, no_augment, workers, seed, device, val_fraction,
         val_pair, log_json, resume, quiet):
     """Train a segmentation model on SCENE with LABELS (vector file or label raster) and write a checkpoint."""
-    import rs_pgd
+    from rs_pgd.config import preflight_fit
 
     scenes = [scene, *(pair[0] for pair in extra)]
     label_files = [labels, *(pair[1] for pair in extra)]
-    result = rs_pgd.fit(
-        scenes, label_files, output, resume=resume, class_column=class_column, layer=layer, mapping=mapping,
-        background=background, all_touched=all_touched, bands=bands, preset=preset, arch=arch, encoder=encoder,
-        encoder_weights=encoder_weights, tile=tile, margin=margin, stride=stride, batch_size=batch_size,
-        epochs=epochs, max_steps=max_steps, lr=lr, step_every=step_every, weighting=weighting,
-        hard_mining=hard_mining, norm=norm, precision=precision, grad_checkpointing=grad_checkpointing,
-        augment=not no_augment, workers=workers, seed=seed, device=device, val_fraction=val_fraction,
-        val_scene=val_pair[0] if val_pair else None, val_labels=val_pair[1] if val_pair else None,
-        log_json=log_json, progress=not quiet,
+    settings = dict(
+        class_column=class_column, layer=layer, mapping=mapping, background=background, all_touched=all_touched,
+        bands=bands, preset=preset, arch=arch, encoder=encoder, encoder_weights=encoder_weights, tile=tile,
+        margin=margin, stride=stride, batch_size=batch_size, epochs=epochs, max_steps=max_steps, lr=lr,
+        step_every=step_every, weighting=weighting, hard_mining=hard_mining, norm=norm, precision=precision,
+        grad_checkpointing=grad_checkpointing, augment=not no_augment, workers=workers, seed=seed, device=device,
+        val_fraction=val_fraction, val_scene=val_pair[0] if val_pair else None,
+        val_labels=val_pair[1] if val_pair else None, log_json=log_json, progress=not quiet,
     )
+    preflight_fit(scenes, label_files, output, settings)  # refuses bad input before torch is imported
+
+    import rs_pgd
+
+    result = rs_pgd.fit(scenes, label_files, output, resume=resume, **settings)
     best = result.best or {}
     summary = f"wrote {result.checkpoint} after {result.steps} steps"
     if best.get("val_miou") is not None:

@@ -28,6 +28,10 @@ from rs_pgd.cli import options
 def predict(model, scene, output, tile, margin, stride, blend, probabilities, probability_dtype, preview,
             batch_size, precision, no_cog, workers, device, quiet):
     """Predict classes for SCENE with the checkpoint MODEL and write them to OUTPUT."""
+    from rs_pgd.config import preflight_predict
+
+    preflight_predict(model, scene, output, probabilities, blend, tile, margin, stride)  # before torch is imported
+
     import rs_pgd
 
     result = rs_pgd.predict(

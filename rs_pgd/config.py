@@ -1,0 +1,217 @@
+"""Training options and the checks that need no torch (so the CLI can refuse bad input in a fraction of a second).
+
+``preflight_fit`` runs every check that reads no pixels and imports no torch: option values and window geometry,
+the output path, the scenes (readable, north-up) and the label files' existence. ``rs_pgd.train`` repeats what it
+needs, so the API gets the same errors.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rs_pgd.errors import DeviceError, GridError, LabelError, TrainingError
+from rs_pgd.grid import validate_geometry
+
+STEP_EVERY_SCENE = "scene"
+WEIGHTINGS = ("uniform", "position", "loss")
+PRECISIONS = ("auto", "32", "bf16", "16-mixed")
+NORMS = ("frozen", "batch", "group")
+
+
+@dataclass
+class FitConfig:
+    """Every option of :func:`fit`, with its default. Stored, resolved, in the checkpoint."""
+
+    class_column: str | None = None
+    layer: str | None = None
+    mapping: dict | None = None
+    background: str | int | None = None
+    all_touched: bool = False
+    bands: list | None = None
+    preset: str | None = None
+    arch: str = "Unet"
+    encoder: str = "resnet34"
+    encoder_weights: str | None = None
+    tile: int = 256
+    margin: int = 64
+    stride: int | None = None
+    batch_size: int = 4
+    epochs: int = 40
+    max_steps: int | None = None
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    step_every: str | int = STEP_EVERY_SCENE
+    weighting: str = "uniform"
+    hard_mining: float | None = None
+    hard_mining_unbiased: bool = True
+    norm: str = "batch"
+    precision: str = "auto"
+    grad_checkpointing: bool = False
+    channels_last: bool = True
+    augment: bool = True
+    workers: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    val_fraction: float = 0.2
+    val_scene: str | None = None
+    val_labels: str | None = None
+    stats_windows: int = 64
+    log_json: str | None = None
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def make_config(options: dict) -> FitConfig:
+    """A validated :class:`FitConfig` from keyword options; unknown names are a TypeError."""
+    known = {f for f in FitConfig.__dataclass_fields__}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"fit() got unknown options {unknown}; valid: {sorted(known)}")
+    config = FitConfig(**{k: v for k, v in options.items() if v is not None or k in ("stride", "max_steps")})
+    _validate_config(config)
+    return config
+
+
+def _validate_config(c: FitConfig) -> None:
+    if c.weighting not in WEIGHTINGS:
+        raise GridError(f"unknown weighting {c.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+    if c.precision not in PRECISIONS:
+        raise TrainingError(f"unknown precision {c.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if c.norm not in NORMS:
+        raise TrainingError(f"unknown norm {c.norm!r}; choose one of {', '.join(NORMS)}")
+    if c.step_every != STEP_EVERY_SCENE:
+        try:
+            c.step_every = int(c.step_every)
+        except (TypeError, ValueError):
+            raise TrainingError(f"--step-every {c.step_every!r} must be 'scene' or a number of windows") from None
+        if c.step_every < 1:
+            raise TrainingError("--step-every must be 'scene' or a positive number of windows")
+    if c.hard_mining is not None and not 0 < c.hard_mining <= 1:
+        raise TrainingError(f"--hard-mining {c.hard_mining} must be a fraction in (0, 1]")
+    if not 0 <= c.val_fraction < 1:
+        raise TrainingError(f"--val-fraction {c.val_fraction} must be in [0, 1)")
+    for name in ("batch_size", "epochs"):
+        if getattr(c, name) < 1:
+            raise TrainingError(f"--{name.replace('_', '-')} must be at least 1")
+    if c.max_steps is not None and c.max_steps < 1:
+        raise TrainingError("--max-steps must be at least 1")
+    if c.lr <= 0:
+        raise TrainingError("--lr must be positive")
+    validate_geometry(c.tile, c.margin, c.stride)
+
+
+def sibling(output: Path, suffix: str) -> Path:
+    """``model.safetensors`` -> ``model<suffix>`` (e.g. ``.resume.pt``)."""
+    name = output.name
+    stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else output.stem
+    return output.with_name(stem + suffix)
+
+
+def preflight_fit(scenes, labels, output, options: dict) -> FitConfig:
+    """Check a fit's options, output path and inputs before any heavy import; return the config.
+
+    Raises the same :class:`~rs_pgd.errors.RsPgdError` subclasses as :func:`rs_pgd.fit` would, sooner.
+    """
+    from rs_pgd.output import check_output_path
+    from rs_pgd.raster import require_north_up, scene_info
+
+    config = make_config(options)
+    check_output_path(output, inputs=[*scenes, *labels])
+    if config.device == "cuda" and not _cuda_visible():
+        raise DeviceError("--device cuda was asked for but CUDA is not available here; use --device cpu or auto")
+    for scene, label in zip(scenes, labels):
+        info = scene_info(scene)
+        require_north_up(info, vector_labels=not _is_raster_path(label))
+        if not Path(label).exists():
+            raise LabelError(f"label file {str(label)!r} not found; check the path")
+    if config.encoder_weights is not None and not Path(config.encoder_weights).is_file():
+        from rs_pgd.errors import ModelError
+
+        raise ModelError(f"encoder weights file {config.encoder_weights!r} not found; give a local .pth or .safetensors file")
+    return config
+
+
+def _is_raster_path(path) -> bool:
+    from rs_pgd.labels import _looks_like_raster
+
+    return _looks_like_raster(Path(path))
+
+
+def _cuda_visible() -> bool:
+    """Whether a CUDA device could exist, without importing torch (NVIDIA driver present and not hidden)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()
+
+
+def read_checkpoint_header(path) -> dict:
+    """The JSON metadata of an rs-pgd checkpoint, read from the safetensors header alone (no torch, no pickle).
+
+    Raises :class:`~rs_pgd.errors.CheckpointError` for a missing file, a file that is not safetensors, or one
+    without rs-pgd metadata.
+    """
+    import json
+    import struct
+
+    from rs_pgd.errors import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} not found; check the path")
+    foreign = CheckpointError(f"not an rs-pgd checkpoint: {str(path)!r} is not a safetensors file written by rs-pgd; "
+                              "give a checkpoint written by rs-pgd fit")
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise foreign
+        (length,) = struct.unpack("<Q", head)
+        if not 2 <= length <= min(size - 8, 100_000_000):
+            raise foreign
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError:
+            raise foreign from None
+    if not isinstance(header, dict):
+        raise foreign
+    unlabelled = CheckpointError(f"not an rs-pgd checkpoint: {str(path)!r} has no rs-pgd metadata; "
+                                 "give a checkpoint written by rs-pgd fit")
+    try:
+        meta = json.loads((header.get("__metadata__") or {})["rs_pgd"])
+    except (ValueError, KeyError, TypeError):
+        raise unlabelled from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise unlabelled
+    return meta
+
+
+def preflight_predict(model, scene, output, probabilities=None, blend="none", tile=None, margin=None, stride=None):
+    """Check a prediction's inputs and outputs before any heavy import: checkpoint header, scene, paths, geometry."""
+    from rs_pgd.errors import CheckpointError
+    from rs_pgd.output import check_output_path
+    from rs_pgd.raster import require_north_up, scene_info
+    from rs_pgd.stitch import weight_kind
+
+    weight_kind(blend)
+    meta = read_checkpoint_header(model)
+    geometry = meta.get("geometry", {})
+    validate_geometry(tile or geometry.get("tile", 256), geometry.get("margin", 64) if margin is None else margin,
+                      stride or (geometry.get("stride") if tile is None else None), int(geometry.get("align", 32)))
+    check_output_path(output, inputs=[model, scene])
+    if probabilities is not None:
+        check_output_path(probabilities, inputs=[model, scene, output])
+        if Path(probabilities).resolve() == Path(output).resolve():
+            from rs_pgd.errors import OutputError
+
+            raise OutputError("--probabilities must differ from the output path; give another file name")
+    info = scene_info(scene)
+    require_north_up(info)
+    bands = meta.get("bands") or []
+    if bands and max(bands) > info.count:
+        raise CheckpointError(
+            f"the model {Path(model).name} was trained on bands {bands} but {Path(scene).name} has {info.count} "
+            f"band(s); give a scene with the training bands ({', '.join(meta.get('band_names', []))})"
+        )
+    return meta
