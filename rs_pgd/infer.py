@@ -8,7 +8,6 @@ output file, so memory is bounded by the scene width times the window height, no
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +28,12 @@ class PredictResult:
     windows: int
     windows_run: int
     seconds: float
+    tile: int = 0
+    margin: int = 0
 
 
 def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend="none", probabilities=None,
-            probability_dtype="uint8", preview=None, batch_size=4, device="auto", precision="auto",
+            probability_dtype="uint8", preview=None, batch_size=None, device="auto", precision="auto",
             workers=None, cog=True, progress=True) -> PredictResult:
     """Predict a class map for ``scene`` with the checkpoint ``model`` and write it to ``output``.
 
@@ -46,7 +47,9 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
         Class map to write (COG by default): the input's CRS, transform and size; class values of the training
         labels; 255 where the input is nodata; colour table and class names.
     tile, margin, stride : int, optional
-        Window geometry; defaults come from the checkpoint.
+        Window geometry; by default the checkpoint's, grown to a margin of at least 128 px and a tile of at least
+        4 x the margin (:func:`rs_pgd.config.inference_geometry`: 99.97 % agreement with a whole-image prediction
+        on the demo scene, against 99.81 % at the training margin of 64).
     blend : {"none", "linear", "cosine"}
         ``none`` keeps each window's centre (nearest centre where windows overlap); ``linear``/``cosine`` blend
         overlapping windows (use with ``stride < tile``).
@@ -56,13 +59,16 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
         uint8 stores round(p * 254) with nodata 255; float32 stores p with NaN nodata.
     preview : path, optional
         Write a PNG quick-look (input beside the class map, with a legend).
-    batch_size, device, precision, workers
+    batch_size : int, optional
+        Windows per forward pass; default 1 on CPU (batching adds memory, not throughput), 8 on CUDA.
+    device, precision, workers
         As in :func:`rs_pgd.fit`.
     cog : bool
         Write a Cloud Optimized GeoTIFF (tiled, DEFLATE, mode overviews); otherwise a tiled GeoTIFF.
     """
     import time
 
+    from rs_pgd.config import inference_geometry
     from rs_pgd.dataset import SceneSource
     from rs_pgd.labels import ClassTable
     from rs_pgd.models import model_from_checkpoint
@@ -83,10 +89,10 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     classes = ClassTable.from_dict(meta["classes"])
     reader = _open_scene_for(meta, scene, model)
     geometry = meta.get("geometry", {})
-    grid = WindowGrid(reader.height, reader.width, tile or geometry.get("tile", 256),
-                      geometry.get("margin", 64) if margin is None else margin,
-                      stride or (geometry.get("stride") if tile is None else None),
-                      align=int(geometry.get("align", 32)))
+    tile, margin, stride = inference_geometry(geometry, tile, margin, stride)
+    grid = WindowGrid(reader.height, reader.width, tile, margin, stride, align=int(geometry.get("align", 32)))
+    if batch_size is None:
+        batch_size = 8 if dev.type == "cuda" else 1  # on CPU batching adds no throughput, only memory
     source = SceneSource(reader, None, grid, BandStats.from_dict(meta["stats"]))
     net = net.to(memory_format=torch.channels_last)
     k = classes.num_classes
@@ -125,7 +131,7 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
 
         preview_path = write_preview(scene, output, preview, bands=reader.bands, classes=classes)
     return PredictResult(Path(output), Path(probabilities) if probabilities else None, preview_path, len(grid),
-                         windows_run, time.perf_counter() - started)
+                         windows_run, time.perf_counter() - started, grid.tile, grid.margin)
 
 
 def _open_scene_for(meta: dict, scene, model):
@@ -205,4 +211,4 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, desc="predict", unit="win", disable=not enabled, leave=False, dynamic_ncols=True)
 
 
-__all__ = ["predict", "PredictResult", "os"]
+__all__ = ["predict", "PredictResult"]

@@ -248,8 +248,8 @@ def test_identity_model_through_predict_path_maps_nodata_to_255(nodata_scene, bl
 FIT = dict(encoder="resnet34", tile=256, margin=64, epochs=4, batch_size=1, step_every=1, norm="batch",
            val_fraction=0, workers=0, progress=False, seed=0)  # fmt: skip
 CLASS_VALUES = (3, 7)  # the label raster's own values: water 3, land 7
-AGREEMENT = 0.999  # target, reached at margin 128
-DEFAULT_MARGIN_AGREEMENT = 0.995  # measured 0.998 at the default margin 64: below the 0.999 target
+AGREEMENT = 0.999  # target, reached at predict's default margin (128)
+TRAINING_MARGIN_AGREEMENT = 0.995  # measured 0.998 at the training margin 64: below the 0.999 target
 SEAM_RATIO = 1.02
 
 
@@ -288,14 +288,16 @@ def whole_image(trained):
     return probs[:, pad : pad + h, pad : pad + w], data.valid
 
 
-def run_predict(checkpoint, folder, margin=None):
+def run_predict(checkpoint, folder, margin=None, tile=None):
     return predict(checkpoint, DEMO_SCENE, folder / "classes.tif", probabilities=folder / "probs.tif", margin=margin,
+                   tile=tile,
                    probability_dtype="float32", precision="32", workers=0, progress=False)  # fmt: skip
 
 
 @pytest.fixture(scope="session")
 def predicted(trained, tmp_path_factory):
-    """predict() with the checkpoint's default geometry (margin 64), float32 probabilities, fp32 arithmetic."""
+    """predict() with its default geometry (tile 512, margin 128 from a 256/64 checkpoint), float32 probabilities,
+    fp32 arithmetic."""
     return run_predict(trained[0], tmp_path_factory.mktemp("predicted"))
 
 
@@ -318,7 +320,7 @@ def compare_with_whole_image(result, meta, whole_image) -> dict:
     with rasterio.open(result.probabilities) as ds:
         probs = ds.read()
     values = np.asarray(meta["classes"]["values"])
-    tile = meta["geometry"]["tile"]
+    tile = result.tile
     seam = seam_ratio(probs[1], valid, tile)
     content = seam_ratio(reference[1], valid, tile)  # the scene's own ratio at the same positions
     numbers = {"agreement": float((classes[valid] == values[reference.argmax(0)][valid]).mean()),
@@ -335,19 +337,10 @@ def test_model_learnt_both_classes(whole_image):
 
 
 @pytest.mark.slow
-def test_predict_default_margin_against_whole_image(trained, whole_image, predicted, record_property):
-    """Default margin (64 px): measured agreement 99.81 %, BELOW the 99.9 % target (see docs/benchmarks.md)."""
+def test_predict_default_geometry_is_seamless(trained, whole_image, predicted, record_property):
+    """Default geometry (margin 128): >= 99.9 % argmax agreement with the whole image, seam excess <= 2 %."""
+    assert (predicted.tile, predicted.margin) == (512, 128)
     numbers = compare_with_whole_image(predicted, trained[1], whole_image)
-    for key, value in numbers.items():
-        record_property(key, value)
-    assert numbers["agreement"] >= DEFAULT_MARGIN_AGREEMENT
-
-
-@pytest.mark.slow
-def test_predict_margin_128_is_seamless(trained, whole_image, tmp_path, record_property):
-    """Margin 128 px: >= 99.9 % argmax agreement with the whole image and no seam excess above 2 %."""
-    result = run_predict(trained[0], tmp_path, margin=128)
-    numbers = compare_with_whole_image(result, trained[1], whole_image)
     for key, value in numbers.items():
         record_property(key, value)
     assert numbers["agreement"] >= AGREEMENT
@@ -355,9 +348,21 @@ def test_predict_margin_128_is_seamless(trained, whole_image, tmp_path, record_p
 
 
 @pytest.mark.slow
+def test_predict_at_the_training_margin_falls_short(trained, whole_image, predicted, tmp_path, record_property):
+    """Teeth: at the training geometry (tile 256, margin 64) the agreement is measurably lower (99.81 %, below
+    the 99.9 % target), which is why predict's default margin is 128."""
+    result = run_predict(trained[0], tmp_path, margin=64, tile=256)
+    numbers = compare_with_whole_image(result, trained[1], whole_image)
+    for key, value in numbers.items():
+        record_property(key, value)
+    default = compare_with_whole_image(predicted, trained[1], whole_image)
+    assert TRAINING_MARGIN_AGREEMENT <= numbers["agreement"] < default["agreement"]
+
+
+@pytest.mark.slow
 def test_predict_output_is_a_georeferenced_cog_with_label_values(trained, whole_image, predicted):
     _, valid = whole_image
-    assert 0 < predicted.windows_run <= predicted.windows == 12  # 3 x 4 tiles of 256 px
+    assert 0 < predicted.windows_run <= predicted.windows == 4  # 2 x 2 tiles of 512 px
     with rasterio.open(DEMO_SCENE) as src, rasterio.open(predicted.output) as out:
         assert (out.width, out.height) == (src.width, src.height)
         assert out.crs == src.crs and out.transform == src.transform

@@ -19,7 +19,7 @@ from rs_pgd.cli import options
 @click.option("--probability-dtype", type=click.Choice(["uint8", "float32"]), default="uint8", show_default=True)
 @click.option("--preview", type=click.Path(dir_okay=False), default=None, metavar="PNG",
               help="Write a quick-look PNG (input beside the class map, with a legend).")
-@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--batch-size", type=int, default=None, help="Windows per forward pass (default: 1 on CPU, 8 on CUDA).")
 @click.option("--precision", type=click.Choice(["auto", "32", "bf16", "16-mixed"]), default="auto", show_default=True)
 @click.option("--no-cog", is_flag=True, help="Write a plain tiled GeoTIFF instead of a Cloud Optimized GeoTIFF.")
 @options.workers_opt
