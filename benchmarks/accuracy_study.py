@@ -157,7 +157,8 @@ def score(reference: np.ndarray, predicted: np.ndarray, names: list) -> dict:
 
 # -- the three methods -------------------------------------------------------------------------------------------
 def count_windows(cfg, train_labels, work, **geometry) -> int:
-    from rs_pgd.train import Trainer, _make_config
+    from rs_pgd.config import make_config as _make_config
+    from rs_pgd.train import Trainer
 
     config = _make_config(dict(encoder="resnet18", val_fraction=0.0, progress=False, workers=0,
                                class_column=cfg["class_column"], mapping=cfg["mapping"], **geometry))

@@ -126,7 +126,8 @@ def polygonise(label_raster: Path, out: Path) -> Path:
 
 # -- the two loops ---------------------------------------------------------------------------------------------
 def make_trainer(scene, labels, out_dir: Path, args):
-    from rs_pgd.train import Trainer, _make_config
+    from rs_pgd.config import make_config as _make_config
+    from rs_pgd.train import Trainer
 
     config = _make_config(dict(encoder=args.encoder, tile=args.tile, margin=args.margin, batch_size=args.batch,
                                epochs=1000, val_fraction=0.0, workers=args.workers, progress=False, seed=0,
@@ -141,7 +142,7 @@ def time_plan(trainer) -> float:
     from rs_pgd.train import _plan_windows
 
     started = time.perf_counter()
-    _plan_windows(trainer.sources, trainer.config)
+    _plan_windows(trainer.sources, trainer.config, len(trainer.sources))
     return time.perf_counter() - started
 
 

@@ -98,7 +98,7 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     k = classes.num_classes
     values = np.asarray(classes.values, dtype=np.uint8)
     stitcher = RowStitcher(grid, k + 1, blend=blend, dtype=np.float32)
-    loader = _window_loader(source, grid, batch_size, default_workers() if workers is None else workers)
+    loader = _window_loader(source, grid, batch_size, default_workers(dev) if workers is None else workers)
     class_writer = StreamingClassWriter(output, _profile(reader), classes, cog=cog, inputs=[model, scene])
     prob_writer = None
     try:

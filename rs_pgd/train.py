@@ -20,6 +20,7 @@ same weights as an uninterrupted run (CPU, same seed).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -110,9 +111,17 @@ def autocast_context(precision: str, device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
-def default_workers() -> int:
-    """One loader process per spare core, at most 4 (the model uses the cores too)."""
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+def default_workers(device: torch.device | None = None) -> int:
+    """DataLoader worker processes: on CUDA one per spare core (at most 4); on a CPU, none up to 2 cores.
+
+    On the CPU the model's intra-op threads already use every core, and a loader process competing with them cost
+    more than the reading it hides: on 2 cores fit ran at 0.70-0.75 of a bare training loop with one worker and
+    0.90 with none (docs/benchmarks.md). Larger CPUs get one worker per 8 cores (at most 4).
+    """
+    cores = os.cpu_count() or 1
+    if device is not None and device.type == "cuda":
+        return max(0, min(4, cores - 1))
+    return 0 if cores <= 2 else min(4, max(1, cores // 8))
 
 
 class Trainer:
@@ -193,10 +202,13 @@ class Trainer:
         set_norm_mode(self.model, c.norm)
         losses = []
         bar = _progress(sum(len(g["items"]) for g in groups), f"epoch {epoch + 1}/{c.epochs}", c.progress)
-        for group in groups:
+        shares = [self.dist.share(g["items"]) for g in groups]
+        batches = self._epoch_batches(shares, epoch)
+        for group, share in zip(groups, shares):
             if self._max_steps_reached():
                 break
-            loss = self._train_group(group, epoch, bar)
+            n_batches = math.ceil(len(share) / c.batch_size)
+            loss = self._train_group(group, share, itertools.islice(batches, n_batches), bar)
             losses.append(loss)
             self.steps += 1
             if log:
@@ -206,6 +218,21 @@ class Trainer:
                 log.flush()
         bar.close()
         return float(np.mean(losses)) if losses else float("nan")
+
+    def _epoch_batches(self, shares: list[list[int]], epoch: int):
+        """One loader for the whole epoch: workers start once and read ahead across optimizer steps, while no
+        batch straddles two groups (batches are cut group by group)."""
+        c = self.config
+        flat = [i for share in shares for i in share]
+        if not flat:
+            return iter(())
+        batches, start = [], 0
+        for share in shares:
+            batches += [list(range(start + k, start + min(k + c.batch_size, len(share))))
+                        for k in range(0, len(share), c.batch_size)]
+            start += len(share)
+        return iter(self._loader([self.train_items[i] for i in flat], augment=c.augment,
+                                 seed=_epoch_seed(c.seed, epoch), batch_sampler=batches))
 
     def _plan_groups(self, rng) -> list[dict]:
         """This epoch's optimizer steps: shuffled windows, grouped by scene or by ``step_every`` windows."""
@@ -233,14 +260,11 @@ class Trainer:
             groups.append({"items": list(chunk), "multipliers": multipliers, "normaliser": normaliser})
         return groups
 
-    def _train_group(self, group: dict, epoch: int, bar) -> float:
+    def _train_group(self, group: dict, mine: list[int], loader, bar) -> float:
+        """Accumulate the gradients of this rank's windows of one group, then take one optimizer step."""
         from rs_pgd.pgd import pixel_losses
 
-        c = self.config
         mult = dict(zip(group["items"], group["multipliers"]))
-        mine = self.dist.share(group["items"])
-        items = [self.train_items[i] for i in mine]
-        loader = self._loader(items, augment=c.augment, seed=_epoch_seed(c.seed, epoch) + self.steps) if items else []
         before = self.loss_table[group["items"]].copy()
         total = 0.0
         position = 0
@@ -295,18 +319,18 @@ class Trainer:
         weights = weight.sum(dim=(1, 2)).clamp_min(1e-12).cpu().numpy()
         self.loss_table[table_index] = per_window_sum.float().cpu().numpy() / weights
 
-    def _loader(self, items, augment: bool, seed: int):
+    def _loader(self, items, augment: bool, seed: int, batch_sampler=None):
         from rs_pgd.dataset import WindowDataset
 
         c = self.config
         kind = "position" if c.weighting == "position" else "uniform"
         dataset = WindowDataset(self.sources, items, weight_kind=kind, augment=augment, seed=seed)
-        workers = default_workers() if c.workers is None else c.workers
+        workers = default_workers(self.device) if c.workers is None else c.workers
         workers = min(workers, len(items))
+        batching = {"batch_sampler": batch_sampler} if batch_sampler is not None else {"batch_size": c.batch_size}
         return torch.utils.data.DataLoader(
-            dataset, batch_size=c.batch_size, shuffle=False, num_workers=workers,
-            prefetch_factor=4 if workers else None, persistent_workers=False,
-            pin_memory=self.device.type == "cuda",
+            dataset, shuffle=False, num_workers=workers, prefetch_factor=4 if workers else None,
+            persistent_workers=False, pin_memory=self.device.type == "cuda", **batching,
         )
 
     def _to_device(self, batch):
