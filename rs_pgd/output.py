@@ -265,6 +265,7 @@ class _StreamingWriter:
         self._closed = False
         try:
             self._dataset = rasterio.open(self._stream_path, "w", **self._stream_profile())
+            self._before_write(self._dataset)
         except Exception:
             self.abort()
             raise
@@ -327,7 +328,10 @@ class _StreamingWriter:
         """Number of scene rows written so far."""
         return int(self._written.sum())
 
-    def _describe(self, dataset) -> None:  # band descriptions, tags, colour table
+    def _before_write(self, dataset) -> None:  # what GTiff needs before any pixel (the colour table)
+        pass
+
+    def _describe(self, dataset) -> None:  # band descriptions, tags
         pass
 
     def _sidecar(self, path: Path) -> None:  # PAM sidecar of the streamed file
@@ -454,8 +458,11 @@ class StreamingClassWriter(_StreamingWriter):
             data = data[None]
         self._write_rows(row_start, data)
 
-    def _describe(self, dataset) -> None:
+    def _before_write(self, dataset) -> None:
+        # a palette must be set before pixels are written: later, libtiff refuses to change PhotometricInterpretation
         dataset.write_colormap(1, class_colormap(self.classes, self.nodata))
+
+    def _describe(self, dataset) -> None:
         dataset.set_band_description(1, self.description)
         dataset.update_tags(
             1,
