@@ -43,3 +43,16 @@ def test_the_denmark_mapping_recipe_merges_crops_and_trains_the_label_reader(tmp
     labels = open_labels(parcels, scene_info(shared_data / "sentinel2_denmark_lpis" / "RGB_small.tif"),
                          class_column="Afgroede", mapping=mapping)
     assert sorted(labels.classes.names) == sorted(set(mapping.values()))
+
+
+@pytest.mark.slow
+def test_the_demo_command_fits_predicts_and_evaluates(tmp_path):
+    from click.testing import CliRunner
+
+    from rs_pgd.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["demo", "-d", str(tmp_path / "demo"), "--epochs", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "mIoU" in result.output
+    for name in ("model.safetensors", "prediction.tif", "preview.png"):
+        assert (tmp_path / "demo" / name).stat().st_size > 0, name
