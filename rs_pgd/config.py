@@ -189,7 +189,6 @@ def read_checkpoint_header(path) -> dict:
 
 def preflight_predict(model, scene, output, probabilities=None, blend="none", tile=None, margin=None, stride=None):
     """Check a prediction's inputs and outputs before any heavy import: checkpoint header, scene, paths, geometry."""
-    from rs_pgd.errors import CheckpointError
     from rs_pgd.output import check_output_path
     from rs_pgd.raster import require_north_up, scene_info
     from rs_pgd.stitch import weight_kind
@@ -207,13 +206,20 @@ def preflight_predict(model, scene, output, probabilities=None, blend="none", ti
             raise OutputError("--probabilities must differ from the output path; give another file name")
     info = scene_info(scene)
     require_north_up(info)
+    check_scene_bands(meta, info.count, model, scene)
+    return meta
+
+
+def check_scene_bands(meta: dict, count: int, model, scene) -> None:
+    """Raise :class:`~rs_pgd.errors.CheckpointError` when a scene of ``count`` bands lacks the training bands."""
+    from rs_pgd.errors import CheckpointError
+
     bands = meta.get("bands") or []
-    if bands and max(bands) > info.count:
+    if bands and max(bands) > count:
         raise CheckpointError(
-            f"the model {Path(model).name} was trained on bands {bands} but {Path(scene).name} has {info.count} "
+            f"the model {Path(model).name} was trained on bands {bands} but {Path(scene).name} has {count} "
             f"band(s); give a scene with the training bands ({', '.join(meta.get('band_names', []))})"
         )
-    return meta
 
 
 INFERENCE_MIN_MARGIN = 128

@@ -136,17 +136,14 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
 
 def _open_scene_for(meta: dict, scene, model):
     """Open ``scene`` with the checkpoint's bands and preset; a scene that does not fit is a clear error."""
+    from rs_pgd.config import check_scene_bands
     from rs_pgd.raster import SceneReader, require_north_up, scene_info
 
     info = scene_info(scene)
     require_north_up(info)  # a rotated or GCP-only output would be misplaced by most GIS tools
+    check_scene_bands(meta, info.count, model, scene)
     bands = meta.get("bands") or []
     needed = meta["model"]["in_channels"]
-    if bands and max(bands) > info.count:
-        raise CheckpointError(
-            f"the model {Path(model).name} was trained on bands {bands} but {Path(scene).name} has {info.count} "
-            f"band(s); give a scene with the training bands ({', '.join(meta.get('band_names', []))})"
-        )
     reader = SceneReader(scene, bands=bands or None, preset=meta.get("preset") or "generic")
     if reader.count != needed:
         raise CheckpointError(
