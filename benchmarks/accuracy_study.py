@@ -173,7 +173,7 @@ def train_and_predict(cfg, train_labels, work: Path, name: str, names: list, see
 
     from rs_pgd.infer import predict
     from rs_pgd.models import load_checkpoint
-    from rs_pgd.train import fit
+    from rs_pgd import fit
 
     model = work / f"{name}.safetensors"
     log = work / f"{name}.jsonl"

@@ -8,6 +8,7 @@ output file, so memory is bounded by the scene width times the window height, no
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,9 @@ import torch
 
 from rs_pgd.errors import CheckpointError
 from rs_pgd.grid import WindowGrid
+from rs_pgd.raster import gdal_env
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,6 +36,7 @@ class PredictResult:
     margin: int = 0
 
 
+@gdal_env()
 def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend="none", probabilities=None,
             probability_dtype="uint8", preview=None, batch_size=None, device="auto", precision="auto",
             workers=None, cog=True, progress=True) -> PredictResult:
@@ -73,18 +78,19 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     from rs_pgd.labels import ClassTable
     from rs_pgd.models import model_from_checkpoint
     from rs_pgd.output import StreamingClassWriter, StreamingProbabilityWriter, check_output_path
-    from rs_pgd.raster import BandStats, limit_gdal_cache
+    from rs_pgd.raster import BandStats
     from rs_pgd.stitch import RowStitcher, weight_kind
-    from rs_pgd.train import default_workers, resolve_device, resolve_precision
+    from rs_pgd.runtime import default_workers, resolve_device, resolve_precision
 
-    limit_gdal_cache()
     started = time.perf_counter()
     weight_kind(blend)  # validates the blend mode before any work
     check_output_path(output, inputs=[model, scene])
     if probabilities is not None:
         check_output_path(probabilities, inputs=[model, scene, output])
     dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    choice = resolve_precision(precision, dev)
+    prec = choice.precision
+    logger.info("precision %s (%s)", prec, choice.reason)
     net, meta = model_from_checkpoint(model, device=dev)
     classes = ClassTable.from_dict(meta["classes"])
     reader = _open_scene_for(meta, scene, model)
@@ -174,7 +180,7 @@ def _run_batch(net, batch, device, precision, k: int):
     Windows whose centre holds no valid pixel skip the model; their probabilities stay zero and their
     validity channel marks them as nodata.
     """
-    from rs_pgd.train import autocast_context
+    from rs_pgd.runtime import autocast_context
 
     image = batch["image"]
     valid = (batch["weight"] > 0).float()  # centre pixels inside the scene with data
