@@ -11,9 +11,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rs_pgd.errors import DeviceError, GridError, LabelError, TrainingError
 from rs_pgd import defaults
 from rs_pgd.defaults import NORMS, OPTIMIZERS, PRECISIONS, WEIGHTINGS
+from rs_pgd.errors import DeviceError, GridError, LabelError, TrainingError
 from rs_pgd.grid import validate_geometry
 
 STEP_EVERY_SCENE = defaults.STEP_EVERY

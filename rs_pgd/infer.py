@@ -79,8 +79,8 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     from rs_pgd.models import model_from_checkpoint
     from rs_pgd.output import StreamingClassWriter, StreamingProbabilityWriter, check_output_path
     from rs_pgd.raster import BandStats
-    from rs_pgd.stitch import RowStitcher, weight_kind
     from rs_pgd.runtime import default_workers, resolve_device, resolve_precision
+    from rs_pgd.stitch import RowStitcher, weight_kind
 
     started = time.perf_counter()
     weight_kind(blend)  # validates the blend mode before any work

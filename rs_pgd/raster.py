@@ -17,7 +17,6 @@ nodata DN. Invalid pixels read as 0 after scaling.
 from __future__ import annotations
 
 import contextlib
-
 import math
 import os
 import warnings

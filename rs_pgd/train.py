@@ -34,10 +34,16 @@ import numpy as np
 import torch
 
 from rs_pgd import __version__
-from rs_pgd.config import STEP_EVERY_SCENE, FitConfig, make_config, sibling
+from rs_pgd.config import STEP_EVERY_SCENE, FitConfig, sibling
 from rs_pgd.errors import GridError, LabelError, NonFiniteLossError, RsPgdError, TrainingError
 from rs_pgd.grid import WindowGrid
-from rs_pgd.runtime import autocast_context, autocast_dtype, default_workers, resolve_device, resolve_precision
+from rs_pgd.runtime import (
+    autocast_context,
+    autocast_dtype,
+    default_workers,
+    resolve_device,
+    resolve_precision,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ def scene_and_labels(tmp_path):
     image = (image + np.roll(image, 1, axis=1) + np.roll(image, 1, axis=2)).astype(np.float32)
     labels = rng.integers(1, CLASSES + 1, size=(H, W)).astype(np.uint8)
     labels[10:30, 50:90] = 0  # unlabelled
-    profile = dict(driver="GTiff", width=W, height=H, crs="EPSG:32618", transform=from_origin(500000, 4000000, 30, 30))  
+    profile = dict(driver="GTiff", width=W, height=H, crs="EPSG:32618", transform=from_origin(500000, 4000000, 30, 30))
     scene, label_path = tmp_path / "scene.tif", tmp_path / "labels.tif"
     with rasterio.open(scene, "w", count=BANDS, dtype="float32", **profile) as dst:
         dst.write(image)

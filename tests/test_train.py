@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import write_demo_crop
 
-from rs_pgd.errors import GridError, LabelError, TrainingError
-from rs_pgd.models import load_checkpoint
 from rs_pgd import fit
 from rs_pgd.config import FitConfig, sibling
+from rs_pgd.errors import GridError, LabelError, TrainingError
+from rs_pgd.models import load_checkpoint
 from rs_pgd.train import Trainer
 
 FAST = dict(encoder="resnet18", tile=64, margin=32, batch_size=4, workers=0, progress=False, epochs=2)
