@@ -67,7 +67,8 @@ def evaluate(prediction, labels, *, class_column=None, layer=None, mapping=None,
     from rasterio.windows import Window
 
     from rs_pgd.grid import WindowGrid
-    from rs_pgd.labels import IGNORE_INDEX, open_labels
+    from rs_pgd.classes import IGNORE_INDEX
+    from rs_pgd.labels import open_labels
     from rs_pgd.raster import scene_info
     from rs_pgd.vectorization import open_prediction, read_class_names
 

@@ -19,7 +19,10 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 from shapely.geometry import LineString, Point, Polygon, box
 
 from rs_pgd.errors import LabelError
-from rs_pgd.labels import ClassTable, LabelWarning, RasterLabels, VectorLabels, default_colours, open_labels
+from rs_pgd.classes import ClassTable, LabelWarning, default_colours
+from rs_pgd.labels import open_labels
+from rs_pgd.raster_labels import RasterLabels
+from rs_pgd.vector_labels import VectorLabels
 
 PARANA = "landsat8_parana/LC08_L1TP_224078_20200518_20200518_01_RT"
 
