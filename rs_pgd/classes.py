@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from rs_pgd.errors import LabelError
+from rs_pgd.errors import LabelError, SceneError
 
 IGNORE_INDEX = 255
 """Index written where a pixel has no label; the loss ignores it."""
@@ -250,6 +250,89 @@ def sorted_table(
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Reading a class map back
+
+
+def read_class_names(dataset) -> dict[int, str]:
+    """Class names stored in a prediction raster, ``{value: name}``; empty when it has none.
+
+    Looks, in order, at the ``CLASS_NAMES`` tag of band 1 and of the dataset (a JSON object ``{value: name}``, or
+    a JSON list of names with a ``CLASS_VALUES`` JSON list of the same length, or a plain list indexed by value),
+    then at the GDAL category names of band 1 (``.aux.xml``).
+
+    Parameters
+    ----------
+    dataset : rasterio.io.DatasetReader
+        The open class map.
+    """
+    for tags in (dataset.tags(1), dataset.tags()):
+        names = _names_from_tags(tags)
+        if names:
+            return names
+    from rs_pgd.output import read_category_names
+
+    try:
+        categories = read_category_names(dataset.name)
+    except Exception:  # pragma: no cover - unreadable PAM sidecar
+        categories = []
+    return {v: str(name) for v, name in enumerate(categories) if name}
+
+
+def _names_from_tags(tags: dict) -> dict[int, str]:
+    text = tags.get("CLASS_NAMES")
+    if not text:
+        return {}
+    try:
+        names = json.loads(text)
+        if isinstance(names, dict):
+            return {int(k): str(v) for k, v in names.items()}
+        if isinstance(names, list):
+            values = json.loads(tags["CLASS_VALUES"]) if "CLASS_VALUES" in tags else list(range(len(names)))
+            if len(values) == len(names):
+                return {int(v): str(n) for v, n in zip(values, names)}
+    except (ValueError, TypeError, KeyError):
+        pass
+    return {}
+
+
+def class_name(names: dict[int, str], value: int) -> str:
+    """Name of a class value, ``"class <value>"`` when the raster does not name it."""
+    return names.get(int(value), f"class {int(value)}")
+
+
+def open_class_map(path):
+    """Open a class map (one band of integer class values) with rasterio; a one-line :class:`SceneError` otherwise.
+
+    Refuses what is no class map: several bands, floating-point pixels, or a band scale or offset (probability
+    rasters written by ``rs-pgd predict --probabilities`` have all three, one band per class).
+    """
+    from rs_pgd.raster import open_scene
+
+    dataset = open_scene(path)
+    problem = _class_map_problem(dataset)
+    if problem:
+        dataset.close()
+        raise SceneError(f"{path} {problem}; give the class map written by rs-pgd predict -o")
+    return dataset
+
+
+def _class_map_problem(dataset) -> str | None:
+    """Why an open raster is no class map, or None."""
+    if dataset.count > 1:
+        return (
+            f"has {dataset.count} bands, not one band of class values (it looks like a probability raster from "
+            "--probabilities)"
+        )
+    dtype = np.dtype(dataset.dtypes[0])
+    if not np.issubdtype(dtype, np.integer):
+        return f"holds {dtype.name} pixels, not class values (a probability or continuous raster)"
+    scale, offset = dataset.scales[0], dataset.offsets[0]
+    if (scale is not None and scale != 1.0) or (offset is not None and offset != 0.0):
+        return f"has a band scale {scale:g} and offset {offset:g}, so its pixels are measurements, not class values"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Mappings
 
 
@@ -269,9 +352,88 @@ def preview(items, limit=10) -> str:
     return text + (f", ... ({len(items)} in all)" if len(items) > limit else "")
 
 
-def apply_mapping(source_keys: list, integer: bool, mapping: dict, report: list[str]):
-    """Map source keys to targets. Returns ({source key: target value or None}, {target value: name})."""
+def read_mapping(path) -> dict:
+    """Read a mapping file: a JSON object of source class value or name -> target class name, id or ``null``.
+
+    A UTF-8 byte-order mark is accepted; the contents are checked with :func:`check_mapping`.
+
+    Raises
+    ------
+    LabelError
+        Missing or unreadable file, invalid JSON (with its line and column), not an object, empty, or a target
+        that is not a class name, an id 0..254 or ``null``.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise LabelError(f"mapping file {path} not found; give a JSON file mapping source classes to classes") from None
+    except UnicodeDecodeError:
+        raise LabelError(f"mapping file {path} is not UTF-8 text; save it as UTF-8 JSON") from None
+    except OSError as exc:
+        raise LabelError(f"cannot read mapping file {path}: {exc.strerror or exc}; check the path") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LabelError(
+            f"mapping file {path} is not a JSON object of source class -> class: {exc.msg} at line {exc.lineno}, "
+            f'column {exc.colno}; write it like {{"Vinterhvede": "cereal", "Skov": null}}'
+        ) from None
+    return check_mapping(data, where=f"mapping file {path}")
+
+
+def check_mapping(mapping, where: str = "the mapping") -> dict:
+    """Check a mapping's shape and targets, raising a one-line :class:`LabelError`; returns it unchanged.
+
+    Every target must be a class name (a non-empty string), an integer class id ``0..254`` (not a boolean, not a
+    fraction) or ``None``; the mapping must hold at least one entry.
+    """
+    if not isinstance(mapping, dict):
+        raise LabelError(
+            f'{where} must hold a JSON object such as {{"Vinterhvede": "cereal"}}, not a {type(mapping).__name__}'
+        )
+    if not mapping:
+        raise LabelError(f'{where} is empty ({{}}); map at least one source class, e.g. {{"Vinterhvede": "cereal"}}')
+    for key, target in mapping.items():
+        problem = _target_problem(target)
+        if problem:
+            raise LabelError(
+                f"{where}: the target of {str(key)!r} is {json.dumps(target)} ({problem}); map each source class "
+                "to a class name, an integer id 0..254, or null to drop it"
+            )
+    return mapping
+
+
+def _target_problem(target) -> str | None:
+    """Why a mapping target is not usable, or None when it is."""
+    if target is None:
+        return None
+    if isinstance(target, bool):
+        return "a boolean"
+    if isinstance(target, str):
+        return None if target.strip() else "an empty name"
+    if isinstance(target, (int, np.integer)):
+        return None if 0 <= int(target) <= 254 else "outside 0..254"
+    if isinstance(target, (float, np.floating)):
+        return "not an integer" if target != int(target) else "a decimal number; write it without '.0'"
+    return f"a {type(target).__name__}"
+
+
+def apply_mapping(source_keys: list, integer: bool, mapping: dict, report: list[str], where: str = "the labels"):
+    """Map source keys to targets. Returns ({source key: target value or None}, {target value: name}).
+
+    Raises LabelError when a mapping key is no class of the labels (a typo would otherwise add an empty class and
+    drop the features it meant to map).
+    """
+    check_mapping(mapping)
     norm = {normalise_key(k, integer): t for k, t in mapping.items()}
+    known = set(source_keys)
+    unknown = [str(k) for k in mapping if normalise_key(k, integer) not in known]
+    if unknown:
+        raise LabelError(
+            f"mapping keys {preview(unknown)} are no class of {where}; its classes are "
+            f"{preview(sorted(known, key=str), 20)}; fix or remove those keys"
+        )
     targets = {t for t in norm.values() if t is not None}
     if not targets:
         raise LabelError("the mapping maps every value to None; map at least one value to a class")
@@ -281,11 +443,8 @@ def apply_mapping(source_keys: list, integer: bool, mapping: dict, report: list[
         if len(names) > 254:
             raise LabelError(f"the mapping has {len(names)} target classes, more than 254; merge some")
         table = {v: n for n, v in value_of_target.items()}
-    elif all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in targets):
+    elif all(isinstance(t, (int, np.integer)) for t in targets):
         value_of_target = {int(t): int(t) for t in targets}
-        bad = sorted(t for t in value_of_target if not 0 <= t <= 254)
-        if bad:
-            raise LabelError(f"mapping targets {bad} are outside 0..254; use class ids 0..254 or class names")
         table = {v: str(v) for v in value_of_target.values()}
     else:
         raise LabelError(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rs_pgd.classes import check_mapping, read_mapping
 from rs_pgd.errors import LabelError
 from rs_pgd.label_source import SceneGrid
 from rs_pgd.raster_labels import RasterLabels, open_raster_labels
@@ -41,10 +42,11 @@ def open_labels(
         Attribute holding the class (vector labels). Found automatically among
         :data:`CLASS_COLUMN_CANDIDATES` when not given; an integer id column plus a name column describing the
         same classes (``class_id`` + ``class_name``) gives values from the ids and names from the names.
-    mapping : dict, optional
-        Source value (int or str) -> target class (str name or int value). Unmapped source values are dropped
-        (with a warning); a target of ``None`` drops the value silently. String targets get values ``1..K`` in
-        sorted order.
+    mapping : dict or path-like, optional
+        Source value (int or str) -> target class (str name or int value), or a JSON file holding one
+        (:func:`rs_pgd.classes.read_mapping`). Unmapped source values are dropped (with a warning); a target of
+        ``None`` drops the value silently; a key that is no class of the labels is an error. String targets get
+        values ``1..K`` in sorted order.
     layer : str, optional
         Layer of a multi-layer vector file.
     all_touched : bool
@@ -65,6 +67,10 @@ def open_labels(
     """
     path = Path(path)
     grid = SceneGrid.of(scene)
+    if isinstance(mapping, (str, Path)):
+        mapping = read_mapping(mapping)
+    elif mapping is not None:
+        check_mapping(mapping)
     if not path.exists():
         raise LabelError(f"labels not found: {path}; check the path")
     if _looks_like_raster(path):

@@ -218,7 +218,9 @@ def open_raster_labels(path: Path, grid: SceneGrid, mapping, background):
                     f"label raster {path} holds only the ignore value {IGNORE_INDEX}; check the file"
                 )
         if mapping:
-            key_to_value, pairs = apply_mapping([int(v) for v in source_values], True, mapping, report)
+            key_to_value, pairs = apply_mapping(
+                [int(v) for v in source_values], True, mapping, report, where=f"label raster {path}"
+            )
             table = sorted_table(pairs)
             src_vals = [v for v in source_values.tolist() if key_to_value[int(v)] is not None]
             targets = [key_to_value[int(v)] for v in src_vals]

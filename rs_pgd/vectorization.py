@@ -13,14 +13,14 @@ Memory holds one window of pixels plus the polygons (only those on window border
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from rs_pgd.errors import OutputError, SceneError
+from rs_pgd.classes import class_name, open_class_map, read_class_names
+from rs_pgd.errors import OutputError
 
 DRIVERS = {
     ".gpkg": "GPKG",
@@ -35,70 +35,6 @@ SHAPEFILE_PARTS = (".shx", ".dbf", ".prj", ".cpg")
 """Files that travel with a ``.shp``."""
 
 _SHAPES_DTYPES = ("int16", "int32", "uint8", "uint16", "float32")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Class names of a prediction raster
-
-
-def read_class_names(dataset) -> dict[int, str]:
-    """Class names stored in a prediction raster, ``{value: name}``; empty when it has none.
-
-    Looks, in order, at the ``CLASS_NAMES`` tag of band 1 and of the dataset (a JSON object ``{value: name}``, or
-    a JSON list of names with a ``CLASS_VALUES`` JSON list of the same length, or a plain list indexed by value),
-    then at the GDAL category names of band 1 (``.aux.xml``).
-
-    Parameters
-    ----------
-    dataset : rasterio.io.DatasetReader
-        The open class map.
-    """
-    for tags in (dataset.tags(1), dataset.tags()):
-        names = _names_from_tags(tags)
-        if names:
-            return names
-    from rs_pgd.output import read_category_names
-
-    try:
-        categories = read_category_names(dataset.name)
-    except Exception:  # pragma: no cover - unreadable PAM sidecar
-        categories = []
-    return {v: str(name) for v, name in enumerate(categories) if name}
-
-
-def _names_from_tags(tags: dict) -> dict[int, str]:
-    text = tags.get("CLASS_NAMES")
-    if not text:
-        return {}
-    try:
-        names = json.loads(text)
-        if isinstance(names, dict):
-            return {int(k): str(v) for k, v in names.items()}
-        if isinstance(names, list):
-            values = json.loads(tags["CLASS_VALUES"]) if "CLASS_VALUES" in tags else list(range(len(names)))
-            if len(values) == len(names):
-                return {int(v): str(n) for v, n in zip(values, names)}
-    except (ValueError, TypeError, KeyError):
-        pass
-    return {}
-
-
-def class_name(names: dict[int, str], value: int) -> str:
-    """Name of a class value, ``"class <value>"`` when the raster does not name it."""
-    return names.get(int(value), f"class {int(value)}")
-
-
-def open_prediction(path):
-    """Open a single-band integer class map with rasterio, raising a one-line :class:`SceneError` otherwise."""
-    from rs_pgd.raster import open_scene
-
-    dataset = open_scene(path)
-    if not np.issubdtype(np.dtype(dataset.dtypes[0]), np.integer):
-        dataset.close()
-        raise SceneError(
-            f"{path} holds {dataset.dtypes[0]} pixels, not class values; give the class map written by rs-pgd predict"
-        )
-    return dataset
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -231,7 +167,7 @@ def vectorize(prediction, output, *, min_area: float = 0.0, simplify: float = 0.
         raise OutputError(f"min_area {min_area} and simplify {simplify} must be zero or positive")
     driver = output_driver(output)
     check_output_path(output, inputs=[prediction])
-    with open_prediction(prediction) as dataset:
+    with open_class_map(prediction) as dataset:
         names = read_class_names(dataset)
         crs, transform = dataset.crs, dataset.transform
         by_class = polygonise(dataset, tile=tile)

@@ -18,8 +18,8 @@ from rasterio.features import rasterize
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 from shapely.geometry import LineString, Point, Polygon, box
 
-from rs_pgd.errors import LabelError
 from rs_pgd.classes import ClassTable, LabelWarning, default_colours
+from rs_pgd.errors import LabelError
 from rs_pgd.labels import open_labels
 from rs_pgd.raster_labels import RasterLabels
 from rs_pgd.vector_labels import VectorLabels

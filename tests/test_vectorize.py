@@ -12,8 +12,9 @@ from click.testing import CliRunner
 from rasterio.features import rasterize
 
 from rs_pgd import vectorization as vectorize_module
+from rs_pgd.classes import read_class_names
 from rs_pgd.errors import OutputError, SceneError
-from rs_pgd.vectorization import read_class_names, vectorize
+from rs_pgd.vectorization import vectorize
 
 CRS = "EPSG:32618"
 TRANSFORM = Affine(30.0, 0.0, 500000.0, 0.0, -30.0, 4000000.0)
@@ -191,7 +192,7 @@ def test_class_names_are_carried(tmp_path, tags):
 
 
 def test_names_from_the_class_writer_of_rs_pgd_output(tmp_path):
-    from rs_pgd.labels import ClassTable
+    from rs_pgd.classes import ClassTable
     from rs_pgd.output import StreamingClassWriter
 
     array = np.zeros((32, 32), dtype=np.uint8)
