@@ -92,6 +92,8 @@ class RasterLabels(LabelSource):
         out = np.full(data.shape, IGNORE_INDEX, dtype=np.uint8)
         if self.source_values.size == 0:
             return out
+        if data.dtype.kind == "f":
+            data = np.where(valid, data, 0)  # NaN would not cast to an integer
         flat = data.astype(np.int64, copy=False)
         pos = np.clip(np.searchsorted(self.source_values, flat), 0, self.source_values.size - 1)
         known = valid & (self.source_values[pos] == flat)
@@ -106,7 +108,7 @@ class RasterLabels(LabelSource):
         if self.warp:
             window = Window(c0, r0, c1 - c0, r1 - r0)
             data = view.read(self.band, window=window)
-            valid = view.read_masks(self.band, window=window) > 0
+            valid = _valid(data, view.read_masks(self.band, window=window))
             return self._to_indices(data, valid)
         off_row, off_col = self.offset
         # window in label pixels, clipped to the label raster
@@ -116,7 +118,7 @@ class RasterLabels(LabelSource):
             return out
         window = Window(lc0, lr0, lc1 - lc0, lr1 - lr0)
         data = src.read(self.band, window=window)
-        valid = src.read_masks(self.band, window=window) > 0
+        valid = _valid(data, src.read_masks(self.band, window=window))
         out[lr0 - off_row - r0 : lr1 - off_row - r0, lc0 - off_col - c0 : lc1 - off_col - c0] = (
             self._to_indices(data, valid)
         )
@@ -161,18 +163,43 @@ def _aligned_offset(src, grid: SceneGrid):
     return int(round(row)), int(round(col))
 
 
-def _scan_values(src, band: int) -> np.ndarray:
-    """Distinct valid values of a label raster, streaming row strips (never the whole raster at once)."""
+def _valid(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Pixels with a label value: GDAL's mask (nodata, alpha, ...) and, for floating point, not NaN or infinite."""
+    valid = mask > 0
+    if data.dtype.kind == "f":
+        valid &= np.isfinite(data)
+    return valid
+
+
+def _scan_values(src, band: int, path) -> np.ndarray:
+    """Distinct valid values of a label raster, streaming row strips (never the whole raster at once).
+
+    Floating-point label rasters (as GRASS, QGIS, R or numpy pipelines write them) are read as class ids when every
+    valid value is integral; NaN and the nodata value mean unlabelled. Any other value is a LabelError naming a
+    few of them.
+    """
     from rasterio.windows import Window
 
     block_rows = src.block_shapes[band - 1][0] if src.block_shapes else 1
     rows = max(block_rows, (4_000_000 // max(src.width, 1)) // max(block_rows, 1) * max(block_rows, 1), 1)
-    found: set[int] = set()
+    found: set = set()
+    fractional: set = set()
     for row in range(0, src.height, rows):
         window = Window(0, row, src.width, min(rows, src.height - row))
         data = src.read(band, window=window)
-        valid = src.read_masks(band, window=window) > 0
-        found.update(np.unique(data[valid]).tolist())
+        values = np.unique(data[_valid(data, src.read_masks(band, window=window))])
+        if values.dtype.kind == "f":
+            integral = values == np.round(values)
+            if len(fractional) < 5:
+                fractional.update(values[~integral][:5].tolist())
+            values = values[integral]
+        found.update(int(v) for v in values.tolist())
+    if fractional:
+        shown = ", ".join(f"{v:g}" for v in sorted(fractional)[:5])
+        raise LabelError(
+            f"label raster {path} holds {src.dtypes[band - 1]} values that are not whole numbers ({shown}, ...); "
+            "class ids must be integers: round or reclassify it (e.g. gdal_calc.py), or set those pixels as nodata"
+        )
     return np.array(sorted(found), dtype=np.int64)
 
 
@@ -199,13 +226,16 @@ def open_raster_labels(path: Path, grid: SceneGrid, mapping, background):
         report = [f"label raster {path}: {src.width}x{src.height}, {src.dtypes[0]}, {crs_name(src.crs)}"]
         if src.count > 1:
             report.append(f"label raster has {src.count} bands; using band 1")
-        if not np.issubdtype(np.dtype(src.dtypes[band - 1]), np.integer):
+        kind = np.dtype(src.dtypes[band - 1]).kind
+        if kind not in "iuf":
             raise LabelError(
-                f"label raster {path} is {src.dtypes[band - 1]}, not integer; write class ids as an integer raster"
+                f"label raster {path} is {src.dtypes[band - 1]}, not a number type; write class ids as an integer raster"
             )
+        if kind == "f":
+            report.append("floating-point label raster: whole values are class ids; NaN and nodata are unlabelled")
         offset, warp = _raster_placement(src, grid, path, report)
 
-        source_values = _scan_values(src, band)
+        source_values = _scan_values(src, band, path)
         if source_values.size == 0:
             raise LabelError(f"label raster {path} has no valid pixel; check its nodata value")
         report.append(f"label values found: {preview(source_values.tolist(), 20)}")
