@@ -142,6 +142,11 @@ def _read_vector(path: Path, layer: str | None):
     if path.suffix.lower() in PARQUET_SUFFIXES:
         try:
             return gpd.read_parquet(path), None
+        except ImportError:
+            raise LabelError(
+                f"reading GeoParquet labels ({path.name}) needs pyarrow, which is not installed; install it "
+                "with pip install pyarrow"
+            ) from None
         except Exception as exc:
             raise LabelError(
                 f"cannot read labels {path}: {first_line(exc)}; check it is a GeoParquet file"

@@ -5,7 +5,7 @@ masked out) in *scene pixel coordinates*, so polygon vertices are exact integers
 window border may continue in the next window: they are collected per class, unioned with
 :func:`shapely.union_all` and split again into single polygons; the others are kept as they are. The result is
 the same set of polygons a single window covering the whole scene would give. Polygons are then moved to map
-coordinates with the raster's transform, filtered by ``min_area``, optionally simplified, and written with
+coordinates with the raster's transform, filtered by ``min_area``, optionally simplified as one coverage (shared borders move together), and written with
 geopandas/pyogrio in the raster's CRS through :class:`rs_pgd.output.AtomicOutput`.
 
 Memory holds one window of pixels plus the polygons (only those on window borders stay unmerged until the end).
@@ -140,11 +140,14 @@ def vectorize(prediction, output, *, min_area: float = 0.0, simplify: float = 0.
         Single-band integer class map (e.g. written by ``rs-pgd predict``); its nodata pixels are skipped.
     output : path-like
         Vector file to write; the format follows the extension (``.gpkg``, ``.geojson``, ``.fgb``, ``.shp``).
+        Polygons are in the class map's CRS, except GeoJSON, which RFC 7946 puts in WGS84 (EPSG:4326).
         Written to a temporary file next to it and renamed when complete.
     min_area : float
         Drop polygons smaller than this, in map units squared (e.g. m²).
     simplify : float
-        Douglas-Peucker tolerance in map units (topology-preserving, per polygon); 0 keeps pixel edges.
+        Tolerance in map units of a coverage simplification (:func:`shapely.coverage_simplify`, Visvalingam-Whyatt:
+        roughly the square root of the largest triangle area removed); neighbours keep sharing their borders, so
+        no gap or overlap opens between them. 0 keeps pixel edges.
     tile : int
         Window side in pixels (bounds memory; the result does not depend on it).
     layer : str, optional
@@ -152,7 +155,7 @@ def vectorize(prediction, output, *, min_area: float = 0.0, simplify: float = 0.
 
     The layer has one single-part polygon per connected region (4-connectivity) with columns ``class_id``
     (the pixel value), ``class_name`` (from the raster's ``CLASS_NAMES`` tag, else ``"class <value>"``) and
-    ``area`` (map units squared, after simplification); ``class_id``/``class_name`` let :func:`rs_pgd.labels.open_labels`
+    ``area`` (in the class map's map units squared, after simplification); ``class_id``/``class_name`` let :func:`rs_pgd.labels.open_labels`
     read the file back as labels.
 
     Returns
@@ -172,10 +175,12 @@ def vectorize(prediction, output, *, min_area: float = 0.0, simplify: float = 0.
         crs, transform = dataset.crs, dataset.transform
         by_class = polygonise(dataset, tile=tile)
     frame, dropped = _to_frame(by_class, names, transform, crs, min_area, simplify)
+    if driver == "GeoJSON" and crs is not None:
+        frame = frame.to_crs("EPSG:4326")  # RFC 7946: GeoJSON coordinates are WGS84 longitude, latitude
     target = Path(output)
     with AtomicOutput(target, inputs=[prediction]) as temp:
         _write(frame, temp, target, driver, layer or target.stem)
-    return _summary(frame, target, driver, crs, dropped, tile)
+    return _summary(frame, target, driver, frame.crs, dropped, tile)
 
 
 def _to_frame(by_class, names, transform, crs, min_area, simplify):
@@ -187,14 +192,19 @@ def _to_frame(by_class, names, transform, crs, min_area, simplify):
     for value in sorted(by_class):
         values.extend([value] * len(by_class[value]))
         geometries.extend(by_class[value])
-    geometries = _to_map_coordinates(np.asarray(geometries, dtype=object), transform)
+    geometries = np.asarray(geometries, dtype=object)
+    if simplify > 0 and len(geometries):
+        # a vertex at every pixel corner: neighbours then share identical vertices along their common edges (a
+        # valid coverage), which coverage simplification needs to move shared edges together
+        geometries = shapely.segmentize(geometries, 1.0)
+    geometries = _to_map_coordinates(geometries, transform)
     values = np.asarray(values, dtype=np.int64)
     areas = shapely.area(geometries) if len(geometries) else np.zeros(0)
     keep = areas >= min_area if min_area > 0 else np.ones(len(geometries), dtype=bool)
     dropped = int((~keep).sum())
     geometries, values, areas = geometries[keep], values[keep], areas[keep]
     if simplify > 0 and len(geometries):
-        geometries = shapely.simplify(geometries, simplify, preserve_topology=True)
+        geometries = shapely.coverage_simplify(geometries, simplify)
         areas = shapely.area(geometries)
     frame = gpd.GeoDataFrame(
         {
@@ -227,6 +237,8 @@ def _write(frame, temp: Path, target: Path, driver: str, layer: str) -> None:
         kwargs["layer"] = layer
     if len(frame) == 0:
         kwargs["geometry_type"] = "Polygon"
+    if driver == "GeoJSON" and frame.crs is not None:
+        kwargs["RFC7946"] = "YES"  # right-hand winding, no "crs" member
     try:
         frame.to_file(temp, **kwargs)
         if driver == "ESRI Shapefile":

@@ -721,3 +721,21 @@ def test_warped_label_raster_without_nodata_leaves_outside_pixels_unlabelled(
     expected = np.full_like(truth, 255)
     expected[100:300, 100:300] = truth[100:300, 100:300]
     np.testing.assert_array_equal(labels.read_values((0, 0, scene.height, scene.width)), expected)
+
+
+def test_geoparquet_without_pyarrow_says_to_install_it(tmp_path, monkeypatch):
+    """The file is fine; the missing package is the problem, and the message says so."""
+    import sys
+
+    gdf = gpd.GeoDataFrame({"class": ["water"]}, geometry=[box(0, 0, 10, 10)], crs="EPSG:32618")
+    path = tmp_path / "labels.parquet"
+    try:
+        gdf.to_parquet(path)
+    except ImportError:
+        path.write_bytes(b"PAR1")  # without pyarrow no real file can be written; the reader never gets to it
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    scene = Scene(width=10, height=10, crs=CRS.from_epsg(32618), transform=Affine(1, 0, 0, 0, -1, 10))
+    with pytest.raises(LabelError, match=r"needs pyarrow.*pip install pyarrow") as error:
+        open_labels(path, scene)
+    assert "check it is a GeoParquet file" not in str(error.value)
