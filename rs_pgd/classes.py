@@ -419,17 +419,21 @@ def _target_problem(target) -> str | None:
     return f"a {type(target).__name__}"
 
 
-def apply_mapping(source_keys: list, integer: bool, mapping: dict, report: list[str], where: str = "the labels"):
+def apply_mapping(source_keys: list, integer: bool, mapping: dict, report: list[str], where: str = "the labels",
+                  unknown_keys: str = "error"):
     """Map source keys to targets. Returns ({source key: target value or None}, {target value: name}).
 
-    Raises LabelError when a mapping key is no class of the labels (a typo would otherwise add an empty class and
-    drop the features it meant to map).
+    A mapping key that is no class of the labels is a LabelError when ``unknown_keys`` is ``"error"`` (a typo
+    would otherwise add an empty class and drop the features it meant to map). With ``"keep"`` (several label
+    files sharing one mapping, each holding only some of its keys) its target stays a class, noted in ``report``.
     """
     check_mapping(mapping)
     norm = {normalise_key(k, integer): t for k, t in mapping.items()}
     known = set(source_keys)
     unknown = [str(k) for k in mapping if normalise_key(k, integer) not in known]
-    if unknown:
+    if unknown and unknown_keys == "keep":
+        report.append(f"mapping keys not found in {where}: {preview(unknown)}")
+    elif unknown:
         raise LabelError(
             f"mapping keys {preview(unknown)} are no class of {where}; its classes are "
             f"{preview(sorted(known, key=str), 20)}; fix or remove those keys"

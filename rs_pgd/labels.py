@@ -29,6 +29,7 @@ def open_labels(
     layer: str | None = None,
     all_touched: bool = False,
     background: int | str | None = None,
+    unknown_keys: str = "error",
 ) -> VectorLabels | RasterLabels:
     """Open vector or raster labels on a scene's pixel grid.
 
@@ -54,6 +55,9 @@ def open_labels(
     background : int or str, optional
         Class (value or name) for scene pixels that have no label. A name or value that is not a class yet is
         added (a new name takes value 0, or the smallest unused value). Default: such pixels are 255, ignored.
+    unknown_keys : {"error", "keep"}
+        A mapping key that is no class of these labels is an error (a typo), or, with ``"keep"``, its target stays
+        a class: for several label files that share one mapping (check the keys against all of them yourself).
 
     Returns
     -------
@@ -67,6 +71,8 @@ def open_labels(
     """
     path = Path(path)
     grid = SceneGrid.of(scene)
+    if unknown_keys not in ("error", "keep"):
+        raise LabelError(f"unknown_keys {unknown_keys!r} must be 'error' or 'keep'")
     if isinstance(mapping, (str, Path)):
         mapping = read_mapping(mapping)
     elif mapping is not None:
@@ -74,8 +80,8 @@ def open_labels(
     if not path.exists():
         raise LabelError(f"labels not found: {path}; check the path")
     if _looks_like_raster(path):
-        return open_raster_labels(path, grid, mapping=mapping, background=background)
-    return open_vector_labels(path, grid, class_column, mapping, layer, all_touched, background)
+        return open_raster_labels(path, grid, mapping=mapping, background=background, unknown_keys=unknown_keys)
+    return open_vector_labels(path, grid, class_column, mapping, layer, all_touched, background, unknown_keys)
 
 
 def _looks_like_raster(path: Path) -> bool:

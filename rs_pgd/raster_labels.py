@@ -211,7 +211,7 @@ def _raster_colours(src, band: int, values) -> dict[int, tuple[int, int, int]] |
     return {int(v): tuple(int(c) for c in cmap[int(v)][:3]) for v in values if int(v) in cmap}
 
 
-def open_raster_labels(path: Path, grid: SceneGrid, mapping, background):
+def open_raster_labels(path: Path, grid: SceneGrid, mapping, background, unknown_keys: str = "error"):
     import rasterio
     from rasterio.warp import transform_bounds
 
@@ -249,7 +249,8 @@ def open_raster_labels(path: Path, grid: SceneGrid, mapping, background):
                 )
         if mapping:
             key_to_value, pairs = apply_mapping(
-                [int(v) for v in source_values], True, mapping, report, where=f"label raster {path}"
+                [int(v) for v in source_values], True, mapping, report, where=f"label raster {path}",
+                unknown_keys=unknown_keys,
             )
             table = sorted_table(pairs)
             src_vals = [v for v in source_values.tolist() if key_to_value[int(v)] is not None]

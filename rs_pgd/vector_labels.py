@@ -169,7 +169,7 @@ def _read_vector(path: Path, layer: str | None):
         raise LabelError(f"cannot read labels {path}: {first_line(exc)}; check the file") from exc
 
 
-def open_vector_labels(path, grid, class_column, mapping, layer, all_touched, background):
+def open_vector_labels(path, grid, class_column, mapping, layer, all_touched, background, unknown_keys="error"):
 
     gdf, layer = _read_vector(path, layer)
     where = f"{path}" + (f" (layer {layer!r})" if layer else "")
@@ -202,7 +202,7 @@ def open_vector_labels(path, grid, class_column, mapping, layer, all_touched, ba
             f"no feature of {where} has a value in class column {value_col!r}; choose another column"
         )
 
-    target_values, table = _classes_for_features(gdf, value_col, name_col, mapping, report, where)
+    target_values, table = _classes_for_features(gdf, value_col, name_col, mapping, report, where, unknown_keys)
     keep = target_values >= 0
     gdf, target_values = gdf[keep], target_values[keep]
     if len(gdf) == 0:
@@ -350,14 +350,14 @@ def _choose_class_columns(gdf, columns: list[str], class_column: str | None, whe
     )
 
 
-def _classes_for_features(gdf, value_col: str, name_col: str | None, mapping, report, where: str):
+def _classes_for_features(gdf, value_col: str, name_col: str | None, mapping, report, where: str, unknown_keys: str):
     """Per-feature class value (-1 = dropped) and the class table."""
     series = gdf[value_col]
     integer = _is_integer_column(series)
     keys = [normalise_key(v, integer) for v in series.tolist()]
     if mapping:
         key_to_value, table_pairs = apply_mapping(
-            keys, integer, mapping, report, where=f"column {value_col!r} of {where}"
+            keys, integer, mapping, report, where=f"column {value_col!r} of {where}", unknown_keys=unknown_keys
         )
         values = np.array([-1 if key_to_value[k] is None else key_to_value[k] for k in keys], dtype=np.int64)
         return values, sorted_table(table_pairs)

@@ -88,6 +88,10 @@ def test_an_unknown_key_is_an_error_naming_the_classes(tmp_path):
     with pytest.raises(LabelError, match=r"keys 'Vinterhvde' are no class of column .class..*'Skov', 'Vinterhvede'"):
         open_labels(labels, Scene(), mapping={"Vinterhvde": "cereal", "Skov": "forest"})
     good = open_labels(labels, Scene(), mapping={"Vinterhvede": "cereal", "Skov": "forest"})
+    shared = open_labels(labels, Scene(), mapping={"Vinterhvede": "cereal", "Skov": "forest", "Majs": "maize"},
+                         unknown_keys="keep")  # one mapping for several label files: 'maize' stays a class
+    assert shared.classes.names == ("cereal", "forest", "maize")
+    assert any("'Majs'" in line for line in shared.report)
     assert good.classes.names == ("cereal", "forest")
     assert good.pixel_counts() == {1: 100, 2: 100}
 
