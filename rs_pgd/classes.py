@@ -74,6 +74,7 @@ class LabelWarning(UserWarning):
 
 
 def warn_label(report: list[str], message: str):
+    """Note ``message`` in a label source's report and raise it as a :class:`LabelWarning`."""
     report.append(message)
     warnings.warn(message, LabelWarning, stacklevel=4)
 
@@ -241,6 +242,7 @@ class ClassTable:
 def sorted_table(
     pairs: dict[int, str], colours: dict[int, tuple[int, int, int]] | None = None
 ) -> ClassTable:
+    """A :class:`ClassTable` from ``{value: name}`` in ascending value order (colours kept when all are given)."""
     values = tuple(sorted(pairs))
     names = tuple(pairs[v] for v in values)
     colour_list = ()
@@ -337,6 +339,7 @@ def _class_map_problem(dataset) -> str | None:
 
 
 def normalise_key(value, integer: bool):
+    """A class key as compared with mapping keys: an int for whole numbers of an integer column, else a string."""
     if integer:
         try:
             as_float = float(value)
@@ -347,6 +350,7 @@ def normalise_key(value, integer: bool):
 
 
 def preview(items, limit=10) -> str:
+    """The first ``limit`` items, quoted, for one-line messages."""
     items = list(items)
     text = ", ".join(repr(i) for i in items[:limit])
     return text + (f", ... ({len(items)} in all)" if len(items) > limit else "")

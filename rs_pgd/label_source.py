@@ -79,6 +79,7 @@ def apply_transform(transform: Affine, col: float, row: float) -> tuple[float, f
 
 
 def crs_name(crs) -> str:
+    """``EPSG:NNNN``, else the CRS name, else the start of its WKT; ``no CRS`` for None."""
     if crs is None:
         return "no CRS"
     try:
@@ -92,10 +93,12 @@ def crs_name(crs) -> str:
 
 
 def fmt_bbox(bbox) -> str:
+    """A bounding box for messages, one decimal."""
     return "(" + ", ".join(f"{v:.1f}" for v in bbox) + ")"
 
 
 def bbox_overlap_fraction(scene_bbox, label_bbox) -> float:
+    """Fraction of the scene box's area inside the label box."""
     x0, y0 = max(scene_bbox[0], label_bbox[0]), max(scene_bbox[1], label_bbox[1])
     x1, y1 = min(scene_bbox[2], label_bbox[2]), min(scene_bbox[3], label_bbox[3])
     area = (scene_bbox[2] - scene_bbox[0]) * (scene_bbox[3] - scene_bbox[1])
@@ -129,6 +132,7 @@ def _clip(bounds, height, width):
 
 
 def same_crs(a, b) -> bool:
+    """Whether two rasterio CRS (or None) are the same."""
     if a is None or b is None:
         return a is None and b is None
     try:
@@ -138,6 +142,7 @@ def same_crs(a, b) -> bool:
 
 
 def first_line(exc: BaseException) -> str:
+    """First line of an exception's message (its type name when empty), for one-line errors."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
