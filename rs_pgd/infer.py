@@ -73,9 +73,9 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     """
     import time
 
+    from rs_pgd.classes import ClassTable
     from rs_pgd.config import inference_geometry
     from rs_pgd.dataset import SceneSource
-    from rs_pgd.labels import ClassTable
     from rs_pgd.models import model_from_checkpoint
     from rs_pgd.output import StreamingClassWriter, StreamingProbabilityWriter, check_output_path
     from rs_pgd.raster import BandStats

@@ -27,9 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rs_pgd.classes import IGNORE_INDEX
 from rs_pgd.errors import NonFiniteLossError, TrainingError
-
-IGNORE_INDEX = 255
 
 
 # -- loss ---------------------------------------------------------------------------------------------------

@@ -480,6 +480,8 @@ def _open_sources(scenes, labels, c: FitConfig, n_train: int):
     """Readers, label sources and grids of every scene; one class table (by class name) and band statistics
     over the training scenes (the first ``n_train``)."""
     from rs_pgd.dataset import SceneSource
+    from rs_pgd.classes import unify_class_tables
+    from rs_pgd.label_source import ReindexedLabels
     from rs_pgd.labels import open_labels
     from rs_pgd.raster import SceneReader, compute_band_stats, merge_band_stats, scene_info
 
@@ -497,7 +499,8 @@ def _open_sources(scenes, labels, c: FitConfig, n_train: int):
                              "give scenes with the same bands (see --bands)")
         reader0 = reader0 or reader
         source_labels = open_labels(label_path, info, class_column=c.class_column, mapping=c.mapping,
-                                    layer=c.layer, all_touched=c.all_touched, background=c.background)
+                                    layer=c.layer, all_touched=c.all_touched, background=c.background,
+                                    unknown_keys="keep" if len(scenes) > 1 else "error")
         tables.append(source_labels.classes)
         for line in getattr(source_labels, "report", []):
             logger.info("labels: %s", line)
@@ -505,7 +508,10 @@ def _open_sources(scenes, labels, c: FitConfig, n_train: int):
                       "width": info.width, "height": info.height})
         grid = WindowGrid(info.height, info.width, c.tile, c.margin, c.stride, align=32)
         sources.append(SceneSource(reader, source_labels, grid, None))
-    table = _unify_classes(sources, tables, labels)
+    table, luts = unify_class_tables(tables, [str(p) for p in labels])
+    for source, lut in zip(sources, luts):
+        if lut is not None:
+            source.labels = ReindexedLabels(source.labels, lut, table)
     stats = merge_band_stats([
         compute_band_stats(s.reader, tile=min(512, max(c.tile, 128)), max_windows=c.stats_windows, seed=c.seed)
         for s in sources[:n_train]
@@ -516,54 +522,6 @@ def _open_sources(scenes, labels, c: FitConfig, n_train: int):
     meta = {"scenes": infos, "preset": preset.name, "scale": preset.scale, "offset": preset.offset,
             "band_names": _band_names(reader0)}
     return sources, table, meta
-
-
-def _unify_classes(sources, tables, label_paths):
-    """One class table for every scene, matched by class name: the union, in value order.
-
-    A class keeps its value from the first label file that has it; a name whose value is taken by another class
-    gets the next free value. Each scene's labels are re-indexed to the union. Labels that hold one class only
-    are refused: a model cannot learn from them.
-    """
-    from rs_pgd.labels import ClassTable
-
-    first = tables[0]
-    names, values, colours = list(first.names), list(first.values), list(first.colours)
-    for table, path in zip(tables[1:], label_paths[1:]):
-        new = [n for n in table.names if n not in names]
-        if new:
-            logger.info("labels: %s adds classes %s to those of %s", path, new, label_paths[0])
-        for name in new:
-            value = table.values[table.names.index(name)]
-            if value in values:
-                value = min(v for v in range(255) if v not in values)
-            names.append(name)
-            values.append(value)
-            colours.append(table.colours[table.names.index(name)])
-    order = sorted(range(len(values)), key=values.__getitem__)
-    union = ClassTable(tuple(values[i] for i in order), tuple(names[i] for i in order),
-                       tuple(colours[i] for i in order))
-    if union.num_classes < 2:
-        raise LabelError(f"the labels hold one class only ({union.names[0]!r}): a model cannot learn from them; "
-                         "label the other classes too, or give --background CLASS to call every unlabelled pixel "
-                         "that class")
-    for source, table in zip(sources, tables):
-        if table.names != union.names:
-            lut = np.full(256, union.ignore_index, dtype=np.uint8)
-            lut[: table.num_classes] = [union.names.index(n) for n in table.names]
-            source.labels = ReindexedLabels(source.labels, lut, union)
-    return union
-
-
-class ReindexedLabels:
-    """A label source whose class indices are mapped to another class table (see :func:`_unify_classes`)."""
-
-    def __init__(self, source, lut: np.ndarray, classes):
-        self.source, self.lut, self.classes = source, lut, classes
-        self.report = list(getattr(source, "report", []))
-
-    def read(self, bounds):
-        return self.lut[self.source.read(bounds)]
 
 
 def _band_names(reader) -> list[str]:

@@ -18,24 +18,6 @@ def _step_every(ctx, param, value):
     return number
 
 
-def _mapping(ctx, param, value):
-    if value is None:
-        return None
-    import json
-    from pathlib import Path
-
-    path = Path(value)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise click.BadParameter(f"{value} does not exist; give a JSON file mapping source classes to classes") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise click.BadParameter(f"{value} is not a JSON object of source class -> class ({exc.__class__.__name__})") from None
-    if not isinstance(data, dict):
-        raise click.BadParameter(f"{value} must hold a JSON object such as {{\"Vinterhvede\": \"cereal\"}}")
-    return data
-
-
 @click.command(short_help="Train a segmentation model on a scene and its labels (PGD).")
 @click.argument("scene", type=options.existing_file)
 @click.argument("labels", type=options.existing_file)
@@ -45,8 +27,7 @@ def _mapping(ctx, param, value):
               help="Another scene and its labels to train on (repeatable).")
 @options.class_column_opt
 @options.layer_opt
-@click.option("--mapping", callback=_mapping, default=None, metavar="JSON",
-              help="JSON file mapping source class values/names to training classes (merge or rename classes).")
+@options.mapping_opt
 @click.option("--background", default=None, metavar="CLASS",
               help="Burn this class wherever no label polygon lies (default: such pixels are ignored).")
 @click.option("--all-touched", is_flag=True, help="Rasterise every pixel a label geometry touches.")
