@@ -98,6 +98,8 @@ def _validate_config(c: FitConfig) -> None:
     for name in ("batch_size", "epochs"):
         if getattr(c, name) < 1:
             raise TrainingError(f"--{name.replace('_', '-')} must be at least 1")
+    if c.workers is not None and c.workers < 0:
+        raise TrainingError(f"--workers {c.workers} must be 0 (read in the main process) or a positive number")
     if c.max_steps is not None and c.max_steps < 1:
         raise TrainingError("--max-steps must be at least 1")
     if c.lr <= 0:

@@ -460,6 +460,10 @@ class Trainer:
                                 "first run's labels and options, or delete it to start afresh") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # the schedule of this run's --epochs, from where the first run stopped (the stored lr followed the old one)
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * factor
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.loss_table = state["loss_table"].numpy().copy()

@@ -92,7 +92,7 @@ def fit(scene, labels, output, extra, class_column, layer, mapping, background, 
     )
     result = rs_pgd.fit(scenes, label_files, output, resume=resume, **settings)
     best = result.best or {}
-    summary = f"wrote {result.checkpoint} after {result.steps} steps"
+    summary = f"wrote {result.checkpoint} after {result.steps} step{'s' if result.steps != 1 else ''}"
     if best.get("val_miou") is not None:
         summary += f" (best val mIoU {best['val_miou']:.4f} at epoch {best['epoch']})"
     click.echo(summary)

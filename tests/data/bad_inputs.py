@@ -357,6 +357,7 @@ def write_all(folder) -> list[Path]:
     paths += [band_scene(folder, n) for n in (1, 13)]
     paths += [dtype_scene(folder, d) for d in ("uint16", "int16", "float32")]
     paths += write_label_findings(folder)
+    paths += write_fit_findings(folder)
     (folder / "README.json").write_text(json.dumps([p.name for p in paths], indent=1))
     return paths
 
@@ -442,6 +443,17 @@ def write_label_findings(folder) -> list[Path]:
     return [float_label_raster(folder), float_label_raster(folder, fractional=True), *mapping_files(folder),
             named_class_map(folder), tree_water_labels(folder), probability_raster(folder),
             geoparquet_labels(folder)]
+
+
+# -- issue 14: training findings -----------------------------------------------------------------------------------
+def one_class_labels(folder) -> Path:
+    """Only the polygons of the thing of interest: one class, no background."""
+    return write_labels(Path(folder) / "one_class.gpkg", _halves()[:1], {"class": ["building"]})
+
+
+def write_fit_findings(folder) -> list[Path]:
+    """Every input of the issue-14 training cases."""
+    return [one_class_labels(Path(folder))]
 
 
 if __name__ == "__main__":
