@@ -1,7 +1,6 @@
 """rs_pgd.classes: mapping files (issue 14, finding 10) and the one ignore value."""
 
 import json
-import sys
 
 import pytest
 from rasterio.transform import from_origin
@@ -122,13 +121,3 @@ def test_the_ignore_value_has_one_name():
                 names = [t.id for t in node.targets if isinstance(t, ast.Name)]
                 definitions += [f"{path.name}:{n}" for n in names if "PROBABILITY" not in n]
     assert definitions == ["classes.py:IGNORE_INDEX"]
-
-
-def test_the_label_and_class_modules_do_not_import_torch():
-    import subprocess
-
-    modules = ["classes", "label_source", "vector_labels", "raster_labels", "labels", "evaluation",
-               "vectorization", "metrics"]
-    code = "import sys\n" + "".join(f"import rs_pgd.{m}\n" for m in modules) + "print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"

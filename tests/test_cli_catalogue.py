@@ -239,6 +239,14 @@ CASES += [
          r"needs pyarrow.*pip install pyarrow", None),
 ]
 
+# -- issue 14: training ------------------------------------------------------------------------------------------
+CASES += [
+    Case("fit-one-class-labels", fit("scene.tif", "one_class.gpkg"), E, r"one class only.*--background CLASS",
+         "m.safetensors"),
+    Case("fit-workers-negative", fit("scene.tif", "labels.gpkg", "m.safetensors", "--workers", "-1"), E,
+         r"--workers -1 must be 0 .* or a positive number", "m.safetensors"),
+]
+
 
 def _sentinel_checkpoint(source, target):
     """The same weights, relabelled as trained on the 13 bands of the sentinel2-l2a preset (no training)."""
@@ -335,11 +343,3 @@ def test_checker_has_teeth(tmp_path):
         assert len(_lines(fake.stderr)) == 1
     (tmp_path / ".out.tif.123.tmp.tif").write_bytes(b"x")
     assert list(tmp_path.iterdir()) != []
-
-# -- issue 14: training ------------------------------------------------------------------------------------------
-CASES += [
-    Case("fit-one-class-labels", fit("scene.tif", "one_class.gpkg"), E, r"one class only.*--background CLASS",
-         "m.safetensors"),
-    Case("fit-workers-negative", fit("scene.tif", "labels.gpkg", "m.safetensors", "--workers", "-1"), E,
-         r"--workers -1 must be 0 .* or a positive number", "m.safetensors"),
-]
