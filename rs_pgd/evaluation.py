@@ -21,6 +21,7 @@ import json
 import numpy as np
 
 from rs_pgd.errors import OutputError
+from rs_pgd.progress import track
 
 UNMATCHED = "unmatched"
 
@@ -84,7 +85,7 @@ def evaluate(prediction, labels, *, class_column=None, layer=None, mapping=None,
     with open_prediction(prediction) as dataset:
         predicted_names = read_class_names(dataset)
         height, width = dataset.height, dataset.width
-        for window in WindowGrid(height, width, int(tile), 0, align=1):
+        for window in track(WindowGrid(height, width, int(tile), 0, align=1), "evaluate"):  # --progress json
             row_start, col_start, row_stop, col_stop = window.bounds
             row_stop, col_stop = min(row_stop, height), min(col_stop, width)
             reference = source.read((row_start, col_start, row_stop, col_stop))

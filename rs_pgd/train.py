@@ -624,9 +624,9 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from rs_pgd.progress import progress_bar  # a tqdm bar, or JSON lines with --progress json
 
-    return tqdm(total=total, desc=desc, unit="win", disable=not enabled, leave=False, dynamic_ncols=True)
+    return progress_bar(total, desc, enabled)
 
 
 def _jsonable(value):

@@ -13,16 +13,24 @@ from rs_pgd.cli.evaluate import evaluate
 from rs_pgd.cli.fit import fit
 from rs_pgd.cli.info import info
 from rs_pgd.cli.predict import predict
+from rs_pgd.cli.qgis import qgis
 from rs_pgd.cli.vectorize import vectorize
 
 
 @click.group(cls=ErrorHandlingGroup, name="pgd", context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="rs-pgd")
-def cli():
+@click.option("--progress", "progress_mode", type=click.Choice(["bar", "json"]), default=None,
+              help="How commands show progress: a terminal bar, or one JSON line per update on stderr "
+                   "(for programs such as the QGIS provider). Default: $RS_PGD_PROGRESS, else bar.")
+def cli(progress_mode):
     """Train and run segmentation on huge georeferenced rasters, window by window (Patch Gradient Descent)."""
+    if progress_mode is not None:
+        from rs_pgd.progress import set_mode
+
+        set_mode(progress_mode)
 
 
-for _command in (info, fit, predict, evaluate, vectorize, demo):
+for _command in (info, fit, predict, evaluate, vectorize, demo, qgis):
     cli.add_command(_command)
 
 
