@@ -121,7 +121,7 @@ class JsonProgress:
         if not self.enabled:
             return
         fraction = min(1.0, self.n / self.total) if self.total > 0 else None
-        percent = None if fraction is None else int(fraction * 100)
+        percent = None if fraction is None else min(100, self.n * 100 // self.total)
         if not force and percent == self._last_percent and self.n > 0:
             return
         self._last_percent = percent

@@ -43,6 +43,14 @@ class RsPgdAlgorithm(QgsProcessingAlgorithm):
     def createInstance(self):  # noqa: N802 - QGIS API name
         return type(self)()
 
+    def checkParameterValues(self, parameters, context):  # noqa: N802 - QGIS API name
+        # LABELS is a map layer (vector or raster); a script may also pass the "selected features only" form of
+        # a vector layer, which the map layer parameter itself would refuse
+        value = parameters.get("LABELS")
+        if isinstance(value, QgsProcessingFeatureSourceDefinition):
+            parameters = dict(parameters, LABELS=value.source)
+        return super().checkParameterValues(parameters, context)
+
     def helpUrl(self):  # noqa: N802 - QGIS API name
         return "https://github.com/rs-pgd/rs-pgd/blob/main/docs/qgis.md"
 
@@ -92,7 +100,9 @@ class RsPgdAlgorithm(QgsProcessingAlgorithm):
 
     def _run(self, args, feedback, **kwargs):
         try:
-            return run_rs_pgd(args, feedback, **kwargs)
+            text = run_rs_pgd(args, feedback, **kwargs)
+            feedback.setProgress(100)
+            return text
         except Cancelled:
             feedback.pushInfo("cancelled: rs-pgd was stopped and no output was written")
             raise QgsProcessingException("cancelled by the user; no output was written") from None
@@ -194,6 +204,9 @@ class FitAlgorithm(RsPgdAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             "MAX_STEPS", "Stop after this many optimizer steps", QgsProcessingParameterNumber.Integer,
             optional=True, minValue=1))
+        self._advanced(QgsProcessingParameterNumber(
+            "STEP_EVERY", "Optimizer step every N windows (default: one step per pass over the scene, PGD)",
+            QgsProcessingParameterNumber.Integer, optional=True, minValue=1))
         self._advanced(QgsProcessingParameterString("ARCH", "Architecture", defaultValue="Unet"))
         self._advanced(QgsProcessingParameterNumber(
             "VAL_FRACTION", "Share of labelled pixels held out for validation", QgsProcessingParameterNumber.Double,
@@ -223,6 +236,9 @@ class FitAlgorithm(RsPgdAlgorithm):
             max_steps = self.parameterAsInt(parameters, "MAX_STEPS", context)
             args += ["--max-steps", str(max_steps)]
             planned = min(epochs, max_steps)  # one optimizer step per epoch on one scene
+        if parameters.get("STEP_EVERY") not in (None, ""):
+            args += ["--step-every", str(self.parameterAsInt(parameters, "STEP_EVERY", context))]
+            planned = epochs
         background = self.parameterAsString(parameters, "BACKGROUND", context)
         if background:
             args += ["--background", background]

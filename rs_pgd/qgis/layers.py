@@ -19,8 +19,8 @@ def file_of(layer):
     """The file behind ``layer`` when rs-pgd can read it directly, else None."""
     parts = QgsProviderRegistry.instance().decodeUri(layer.providerType(), layer.source())
     path = parts.get("path") or ""
-    if layer.providerType() not in ("gdal", "ogr") or not os.path.isfile(path):
-        return None
+    if layer.providerType() not in ("gdal", "ogr") or not os.path.isfile(path) or parts.get("vsiPrefix"):
+        return None  # not a file, or a file inside an archive (/vsizip/...)
     if isinstance(layer, QgsRasterLayer) and (parts.get("layerName") or parts.get("bandNumber")):
         return None  # a subdataset or one band of a file: export what QGIS shows
     return path
@@ -43,7 +43,7 @@ def raster_as_file(layer, context, feedback):
     if not pipe.set(provider.clone()):
         raise QgsProcessingException(f"cannot read layer '{layer.name()}'")
     error = writer.writeRaster(pipe, provider.xSize(), provider.ySize(), provider.extent(), provider.crs(),
-                               context.transformContext(), feedback)
+                               context.transformContext())
     if error != QgsRasterFileWriter.NoError:
         raise QgsProcessingException(f"cannot write layer '{layer.name()}' to {target} (error {int(error)})")
     return target
