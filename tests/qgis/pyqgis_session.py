@@ -169,6 +169,40 @@ def case_cancel(spec, algorithm, parameters, folder):
             "stop_seconds": None if seen["cancelled_at"] is None else returned - seen["cancelled_at"]}
 
 
+def case_example_script(spec, model):
+    """examples/qgis/predict_folder.py, the Processing script, on a folder with one raster and one other file."""
+    import importlib.util
+
+    loader = importlib.util.spec_from_file_location("predict_folder", os.path.join(spec["examples"], "predict_folder.py"))
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    out = os.path.join(spec["work"], "example_script")
+    result = run(module.PredictFolder().create(), {"FOLDER": spec["crop_folder"], "MODEL": model, "MIN_AREA": 0,
+                                                   "OUTPUT_FOLDER": out})
+    return {"results": result, "files": listing(out),
+            "features": QgsVectorLayer(os.path.join(out, "crop_polygons.gpkg"), "p", "ogr").featureCount()}
+
+
+def case_example_model(spec, model):
+    """examples/qgis/predict_vectorize_evaluate.model3, the Graphical Modeler model, loaded from its file."""
+    from qgis.core import QgsProcessingModelAlgorithm
+
+    algorithm = QgsProcessingModelAlgorithm()
+    if not algorithm.fromFile(os.path.join(spec["examples"], "predict_vectorize_evaluate.model3")):
+        raise RuntimeError("the .model3 file did not load")
+    out = os.path.join(spec["work"], "example_model")
+    os.makedirs(out)
+    result = run(algorithm, {
+        "model": model, "scene": os.path.join(spec["crop_folder"], "crop.tif"), "labels": spec["labels"],
+        "min_area": 0, "predict:class_map": os.path.join(out, "classes.tif"),
+        "vectorize:polygons": os.path.join(out, "polygons.gpkg"), "evaluate:report": os.path.join(out, "report.json"),
+    })
+    with open(os.path.join(out, "report.json"), encoding="utf-8") as handle:
+        report = json.load(handle)
+    return {"results": result, "files": listing(out), "report": report,
+            "children": sorted(algorithm.childAlgorithms().keys())}
+
+
 def case_bad_model(spec):
     out = os.path.join(spec["work"], "bad", "classes.tif")
     os.makedirs(os.path.dirname(out))
@@ -215,6 +249,8 @@ def main(spec_path, results_path):
             guarded(results, "evaluate", case_evaluate, spec, class_map)
             guarded(results, "evaluate_selected", case_evaluate_selected, spec, class_map)
             guarded(results, "evaluate_memory", case_evaluate_memory, spec, class_map)
+        guarded(results, "example_script", case_example_script, spec, model)
+        guarded(results, "example_model", case_example_model, spec, model)
         long_fit = {**TINY_FIT, "EPOCHS": 1000, "MAX_STEPS": None, "STEP_EVERY": None}
         folder = os.path.join(spec["work"], "cancel_fit")
         guarded(results, "cancel_fit", case_cancel, spec, "rs_pgd:fit",

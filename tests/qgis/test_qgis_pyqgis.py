@@ -29,6 +29,8 @@ def session(qgis_tools, qgis_root, demo_files, tmp_path_factory):
             "scene": str(demo_files["scene"]), "labels": str(demo_files["labels"]), "work": str(work / "out"),
             "bad_model": str(bad_model), "selected_fids": fids}
     (work / "out").mkdir()
+    spec["crop_folder"] = str(_crop_folder(demo_files["scene"], work / "rasters"))
+    spec["examples"] = str(HERE.parents[1] / "examples" / "qgis")
     (work / "spec.json").write_text(json.dumps(spec))
     env = qgis_environment(qgis_root) | {"RS_PGD_TINY_FIT": json.dumps(TINY_FIT)}
     done = subprocess.run([qgis_tools[1], str(HERE / "pyqgis_session.py"), str(work / "spec.json"),
@@ -38,6 +40,21 @@ def session(qgis_tools, qgis_root, demo_files, tmp_path_factory):
     results["spec"] = spec
     results["work"] = work
     return results
+
+
+def _crop_folder(scene, folder, size=256):
+    """A folder with a 256 px crop of the demo scene (one window to predict) and a file that is not a raster."""
+    import rasterio
+    from rasterio.windows import Window
+
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a raster\n")
+    with rasterio.open(scene) as src:
+        window = Window(256, 256, size, size)
+        profile = src.profile | {"width": size, "height": size, "transform": src.window_transform(window)}
+        with rasterio.open(folder / "crop.tif", "w", **profile) as dst:
+            dst.write(src.read(window=window))
+    return folder
 
 
 def _first_fids(labels, n):
@@ -143,6 +160,23 @@ def test_a_memory_layer_is_written_to_a_temporary_geopackage(session, demo_files
     class_map = session["predict"]["results"]["OUTPUT"]
     expected = _cli_scores(class_map, demo_files["labels"], "--class-column", "class_id")
     assert (memory["results"]["MIOU"], memory["results"]["ACCURACY"]) == expected
+
+
+def test_the_example_processing_script_predicts_and_vectorises_a_folder(session):
+    script = _case(session, "example_script")
+    assert script["results"]["RASTERS"] == 1  # notes.txt is not a raster
+    assert script["files"] == ["crop_classes.qml", "crop_classes.tif", "crop_classes.tif.aux.xml",
+                               "crop_polygons.gpkg", "crop_polygons.qml"]
+    assert script["features"] > 0
+
+
+def test_the_example_model_chains_predict_vectorize_evaluate(session, tmp_path):
+    model = _case(session, "example_model")
+    assert model["children"] == ["evaluate", "predict", "vectorize"]
+    assert {"classes.tif", "polygons.gpkg", "report.json"} <= set(model["files"])
+    out = Path(session["spec"]["work"]) / "example_model"
+    expected = json.loads(run_rs_pgd("evaluate", out / "classes.tif", session["spec"]["labels"], "--json").stdout)
+    assert model["report"]["miou"] == expected["miou"] and model["report"]["accuracy"] == expected["accuracy"]
 
 
 def test_cancel_stops_rs_pgd_and_leaves_nothing(session):
