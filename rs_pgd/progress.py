@@ -16,11 +16,11 @@ import os
 import sys
 
 ENVIRONMENT_VARIABLE = "RS_PGD_PROGRESS"
-MODES = ("bar", "json")
+MODES = ("bar", "json", "none")
 
 
 def set_mode(mode: str) -> None:
-    """Choose how progress is shown in this process and its children: ``"bar"`` (tqdm) or ``"json"``."""
+    """Choose how progress is shown in this process and its children: ``"bar"`` (tqdm), ``"json"`` or ``"none"``."""
     if mode not in MODES:
         raise ValueError(f"unknown progress mode {mode!r}; use one of {', '.join(MODES)}")
     os.environ[ENVIRONMENT_VARIABLE] = mode
@@ -47,6 +47,8 @@ def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "win")
     """
     if json_mode():
         return JsonProgress(total, desc, enabled)
+    if os.environ.get(ENVIRONMENT_VARIABLE, "").strip().lower() == "none":
+        enabled = False
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False, dynamic_ncols=True)

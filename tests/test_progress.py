@@ -35,6 +35,9 @@ def test_the_mode_follows_the_environment(monkeypatch):
 
     assert isinstance(progress_bar(3, "x", enabled=False), tqdm)
     assert list(track([1, 2], "x")) == [1, 2]
+    assert not progress_bar(3, "x", enabled=True).disable
+    monkeypatch.setenv("RS_PGD_PROGRESS", "none")  # rs-pgd -q / --progress none
+    assert progress_bar(3, "x", enabled=True).disable
     monkeypatch.setenv("RS_PGD_PROGRESS", "json")
     assert isinstance(progress_bar(3, "x"), JsonProgress)
 
@@ -47,3 +50,13 @@ def test_the_cli_option_emits_json_progress_from_evaluate(demo_label_raster):
     records = [json.loads(line)["progress"] for line in done.stderr.splitlines() if line.startswith("{")]
     assert records and records[-1]["desc"] == "evaluate" and records[-1]["fraction"] == 1.0
     assert json.loads(done.stdout)["accuracy"] == 1.0  # labels scored against themselves
+
+
+def test_quiet_and_verbose_root_options(tmp_path):
+    missing = tmp_path / "missing.safetensors"
+    args = ["predict", str(missing), str(tmp_path / "scene.tif"), "-o", str(tmp_path / "out.tif")]
+    quiet = subprocess.run([sys.executable, "-m", "rs_pgd", "-q", *args], capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 2 and quiet.stderr.startswith("Error: ")  # one line, as always
+    debug = subprocess.run([sys.executable, "-m", "rs_pgd", "-vv", *args], capture_output=True, text=True,
+                           timeout=120)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr  # -vv shows where the error came from

@@ -19,15 +19,28 @@ from rs_pgd.cli.vectorize import vectorize
 
 @click.group(cls=ErrorHandlingGroup, name="pgd", context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="rs-pgd")
-@click.option("--progress", "progress_mode", type=click.Choice(["bar", "json"]), default=None,
-              help="How commands show progress: a terminal bar, or one JSON line per update on stderr "
-                   "(for programs such as the QGIS provider). Default: $RS_PGD_PROGRESS, else bar.")
-def cli(progress_mode):
+@click.option("--progress", "progress_mode", type=click.Choice(["bar", "json", "none"]), default=None,
+              help="How commands show progress: a terminal bar, one JSON line per update on stderr (for programs "
+                   "such as the QGIS provider), or nothing. Default: $RS_PGD_PROGRESS, else bar.")
+@click.option("-v", "--verbose", count=True, help="-v: show the libraries' log messages (rasterio, GDAL); -vv: debug level, and tracebacks "
+                   "instead of one-line errors.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars (same as --progress none).")
+def cli(progress_mode, verbose, quiet):
     """Train and run segmentation on huge georeferenced rasters, window by window (Patch Gradient Descent)."""
+    if quiet and progress_mode is None:
+        progress_mode = "none"
     if progress_mode is not None:
         from rs_pgd.progress import set_mode
 
         set_mode(progress_mode)
+    if verbose:
+        import logging
+        import os
+
+        logging.basicConfig(level=logging.INFO if verbose == 1 else logging.DEBUG,
+                            format="%(levelname)s %(name)s: %(message)s")
+        if verbose > 1:
+            os.environ["RS_PGD_DEBUG"] = "1"
 
 
 for _command in (info, fit, predict, evaluate, vectorize, demo, qgis):
