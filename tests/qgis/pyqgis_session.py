@@ -76,7 +76,8 @@ def case_predict(spec, model):
     out = os.path.join(spec["work"], "predict", "classes.tif")
     os.makedirs(os.path.dirname(out))
     feedback = RecordingFeedback()
-    result = run("rs_pgd:predict", {"MODEL": model, "INPUT": spec["scene"], "PRECISION": 1, "OUTPUT": out},
+    result = run("rs_pgd:predict", {"MODEL": model, "INPUT": spec["scene"], "PRECISION": 1, "OUTPUT": out,
+                                    "PROBABILITIES": os.path.join(os.path.dirname(out), "probabilities.tif")},
                  feedback)
     layer = QgsRasterLayer(out, "classes", "gdal")
     renderer = layer.renderer()

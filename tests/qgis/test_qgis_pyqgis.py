@@ -87,10 +87,12 @@ def test_predict_equals_the_cli_byte_for_byte(session, demo_files, tmp_path):
     predict = _case(session, "predict")
     model = session["fit"]["results"]["OUTPUT"]
     reference = tmp_path / "cli.tif"
-    run_rs_pgd("predict", model, demo_files["scene"], "-o", reference, "--precision", "32", "--quiet")
+    run_rs_pgd("predict", model, demo_files["scene"], "-o", reference, "--probabilities", tmp_path / "cli_p.tif",
+               "--precision", "32", "--quiet")
     produced = Path(predict["results"]["OUTPUT"])
     assert produced.read_bytes() == reference.read_bytes()
-    assert predict["files"] == ["classes.qml", "classes.tif", "classes.tif.aux.xml"]
+    assert Path(predict["results"]["PROBABILITIES"]).read_bytes() == (tmp_path / "cli_p.tif").read_bytes()
+    assert predict["files"] == ["classes.qml", "classes.tif", "classes.tif.aux.xml", "probabilities.tif"]
 
 
 def test_the_class_map_loads_paletted_with_class_names(session, demo_files):
