@@ -29,6 +29,7 @@ import json
 import numpy as np
 
 from rs_pgd.errors import GridError, LabelError, OutputError
+from rs_pgd.progress import track
 
 UNMATCHED = "unmatched"
 
@@ -95,7 +96,7 @@ def evaluate(prediction, labels, *, class_column=None, layer=None, mapping=None,
     unscored = 0
     with open_class_map(prediction) as dataset:
         height, width = dataset.height, dataset.width
-        for window in WindowGrid(height, width, int(tile), 0, align=1):
+        for window in track(WindowGrid(height, width, int(tile), 0, align=1), "evaluate"):  # --progress json
             row_start, col_start, row_stop, col_stop = window.bounds
             row_stop, col_stop = min(row_stop, height), min(col_stop, width)
             reference = index_lut[source.read((row_start, col_start, row_stop, col_stop))]

@@ -209,9 +209,9 @@ def _write_band(band, values: np.ndarray, class_writer, prob_writer) -> None:
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+    from rs_pgd.progress import progress_bar  # a tqdm bar, or JSON lines with --progress json
 
-    return tqdm(total=total, desc="predict", unit="win", disable=not enabled, leave=False, dynamic_ncols=True)
+    return progress_bar(total, "predict", enabled)
 
 
 __all__ = ["predict", "PredictResult"]

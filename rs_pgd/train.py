@@ -483,8 +483,8 @@ class Trainer:
 def _open_sources(scenes, labels, c: FitConfig, n_train: int):
     """Readers, label sources and grids of every scene; one class table (by class name) and band statistics
     over the training scenes (the first ``n_train``)."""
-    from rs_pgd.dataset import SceneSource
     from rs_pgd.classes import unify_class_tables
+    from rs_pgd.dataset import SceneSource
     from rs_pgd.label_source import ReindexedLabels
     from rs_pgd.labels import open_labels
     from rs_pgd.raster import SceneReader, compute_band_stats, merge_band_stats, scene_info
@@ -693,9 +693,9 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from rs_pgd.progress import progress_bar  # a tqdm bar, or JSON lines with --progress json
 
-    return tqdm(total=total, desc=desc, unit="win", disable=not enabled, leave=False, dynamic_ncols=True)
+    return progress_bar(total, desc, enabled)
 
 
 def _jsonable(value):

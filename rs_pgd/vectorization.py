@@ -21,6 +21,7 @@ import numpy as np
 
 from rs_pgd.classes import class_name, open_class_map, read_class_names
 from rs_pgd.errors import OutputError
+from rs_pgd.progress import track
 
 DRIVERS = {
     ".gpkg": "GPKG",
@@ -98,7 +99,7 @@ def polygonise(dataset, tile: int = 2048) -> dict[int, list]:
     height, width = dataset.height, dataset.width
     kept: dict[int, list] = defaultdict(list)
     on_border: dict[int, list] = defaultdict(list)
-    for window in WindowGrid(height, width, int(tile), 0, align=1):
+    for window in track(WindowGrid(height, width, int(tile), 0, align=1), "vectorize"):  # --progress json
         row_start, col_start, row_stop, col_stop = window.bounds
         row_stop, col_stop = min(row_stop, height), min(col_stop, width)
         read_window = Window(col_start, row_start, col_stop - col_start, row_stop - row_start)

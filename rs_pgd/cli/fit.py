@@ -4,6 +4,7 @@ import click
 
 from rs_pgd import defaults
 from rs_pgd.cli import options
+from rs_pgd.cli.config_file import config_options
 
 
 def _step_every(ctx, param, value):
@@ -19,6 +20,7 @@ def _step_every(ctx, param, value):
 
 
 @click.command(short_help="Train a segmentation model on a scene and its labels (PGD).")
+@config_options
 @click.argument("scene", type=options.existing_file)
 @click.argument("labels", type=options.existing_file)
 @click.option("-o", "--output", default="model.safetensors", show_default=True, type=click.Path(dir_okay=False),

@@ -3,9 +3,11 @@
 import click
 
 from rs_pgd.cli import options
+from rs_pgd.cli.config_file import config_options
 
 
 @click.command(short_help="Predict a class map (COG) for a scene with a trained model.")
+@config_options
 @click.argument("model", type=options.existing_file)
 @click.argument("scene", type=options.existing_file)
 @options.output_opt
