@@ -10,6 +10,7 @@ from rs_pgd import __version__
 from rs_pgd.cli.demo import demo
 from rs_pgd.cli.errors import ErrorHandlingGroup
 from rs_pgd.cli.evaluate import evaluate
+from rs_pgd.cli.export import export
 from rs_pgd.cli.fit import fit
 from rs_pgd.cli.info import info
 from rs_pgd.cli.predict import predict
@@ -22,7 +23,7 @@ def cli():
     """Train and run segmentation on huge georeferenced rasters, window by window (Patch Gradient Descent)."""
 
 
-for _command in (info, fit, predict, evaluate, vectorize, demo):
+for _command in (info, fit, predict, evaluate, vectorize, export, demo):
     cli.add_command(_command)
 
 
