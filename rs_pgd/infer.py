@@ -94,7 +94,8 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     batch_size : int, optional
         Windows per forward pass; default 1 on CPU (batching adds memory, not throughput), 8 on CUDA.
     device, precision, workers
-        As in :func:`rs_pgd.fit`.
+        As in :func:`rs_pgd.fit`. For an ONNX model: onnxruntime's CUDA provider or the CPU, float32 only, and
+        windows read in this process (``workers`` is not used).
     cog : bool
         Write a Cloud Optimized GeoTIFF (tiled, DEFLATE, mode overviews); otherwise a tiled GeoTIFF.
     """

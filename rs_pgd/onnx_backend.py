@@ -114,6 +114,9 @@ def onnx_backend(path, device: str = "auto", precision: str = "auto", batch_size
     meta = read_onnx_meta(session, path)
     inputs = session.get_inputs()
     name, window = inputs[0].name, int(meta["export"]["window"])
+    if len(inputs) != 1 or list(inputs[0].shape[1:]) != [meta["model"]["in_channels"], window, window]:
+        raise CheckpointError(f"{Path(path).name} does not take the [batch, {meta['model']['in_channels']}, "
+                              f"{window}, {window}] input its metadata describes; export it again with rs-pgd export")
     size = batch_size or 1
     if size < 1:
         raise ModelError(f"batch size {batch_size} must be at least 1")

@@ -256,7 +256,18 @@ def _trace(model, meta: dict, window: int, opset: int, onnx):
             f"the {spec.get('arch')}-{spec.get('encoder')} model cannot be exported to ONNX at a {window} px window "
             f"({first}); try another --tile/--margin or architecture"
         ) from None
-    return onnx.load_model_from_string(buffer.getvalue()), wrapped
+    proto = onnx.load_model_from_string(buffer.getvalue())
+    _fix_output_shape(proto, int(spec["classes"]), window)
+    return proto, wrapped
+
+
+def _fix_output_shape(proto, classes: int, window: int) -> None:
+    """Declare the output ``[batch, K, H, W]`` with K, H, W fixed: the exporter leaves H and W symbolic (and names
+    H ``batch``, as if it had to equal the batch size)."""
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    for dim, value in zip(list(dims)[1:], (classes, window, window)):
+        dim.Clear()
+        dim.dim_value = value
 
 
 @contextlib.contextmanager
