@@ -81,7 +81,7 @@ def main(argv=None) -> None:
     best = {name: min(values) for name, values in times.items()}
     print(json.dumps({"machine": machine(), "threads": args.threads, "scene_mp": mp, "best_seconds": best,
                       "argmax_agreement_onnx_vs_torch_fp32": agreement}))  # fmt: skip
-    print("\n| runtime | best of %d s | MP/s | vs torch fp32 |" % args.rounds)
+    print(f"\n| runtime | best of {args.rounds} s | MP/s | vs torch fp32 |")
     print("|---|---|---|---|")
     for name, seconds in best.items():
         print(f"| {name} | {seconds:.1f} | {mp / seconds:.3f} | {best['torch fp32'] / seconds:.2f}x |")

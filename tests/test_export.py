@@ -18,6 +18,8 @@ import json
 import os
 import subprocess
 import sys
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -243,6 +245,49 @@ def test_deepness_preprocessing_equals_rs_pgd_on_uint16_scenes_with_a_preset(sha
     # companion: ignoring the preset (statistics / 255, as for a plain 8-bit scene) is far off
     naive = deepness_input(raw, np.array(meta["stats"]["mean"]) / 255, np.array(meta["stats"]["std"]) / 255)
     assert np.max(np.abs(naive[:, valid] - want[:, valid])) > 10
+
+
+@pytest.fixture
+def deepness_src():
+    """The ``src`` folder of a PUTvision/qgis-plugin-deepness checkout ($DEEPNESS_SRC): its model classes need only
+    numpy and onnxruntime, not QGIS."""
+    folder = os.environ.get("DEEPNESS_SRC")
+    if not folder or not (Path(folder) / "deepness" / "processing" / "models" / "segmentor.py").is_file():
+        pytest.skip("set DEEPNESS_SRC to the src folder of a qgis-plugin-deepness checkout to run Deepness's own code")
+    sys.path.insert(0, folder)
+    yield Path(folder)
+    sys.path.remove(folder)
+    for name in [m for m in sys.modules if m == "deepness" or m.startswith("deepness.")]:
+        del sys.modules[name]
+
+
+def test_deepness_own_model_code_reads_the_file_and_matches_rs_pgd(exported, deepness_src):
+    """Deepness's ``Segmentor`` (its metadata readers and its preprocessing) on the exported file and a raw uint8
+    tile gives the probabilities rs-pgd's reader + normalise + onnxruntime give."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # onnxruntime's note that Deepness asks for CUDA on a CPU-only build
+        from deepness.processing.models.segmentor import Segmentor
+
+        model = Segmentor(str(exported.output))
+    assert model.get_metadata_model_type() == "Segmentor"
+    assert model.get_outputs_channel_names() == [["water", "land"]]
+    assert model.get_metadata_tile_size() == WINDOW and model.get_metadata_tiles_overlap() == 50
+    assert model.get_metadata_segmentation_threshold() == 0.0
+    assert model.get_metadata_segmentation_small_segment() == 0
+    with rasterio.open(DEMO_SCENE) as src:
+        assert model.get_metadata_resolution() == pytest.approx(src.res[0] * 100)
+    assert model.get_model_batch_size() is None  # dynamic: Deepness leaves the batch size editable
+    assert model.get_number_of_output_channels() == [2] and model.outputs_are_sigmoid == [False]
+
+    bounds = (400, 320, 400 + WINDOW, 320 + WINDOW)  # wholly inside the footprint: no nodata, no padding
+    meta = decoded(exported.output)["rs_pgd"]
+    want_input, valid, raw = rs_pgd_input(DEMO_SCENE, meta, bounds)
+    assert valid.all()
+    got = model.process(np.moveaxis(raw, 0, -1)[None])[0]  # Deepness feeds NHWC raw values
+    session = ort.InferenceSession(str(exported.output), providers=["CPUExecutionProvider"])
+    want = session.run(None, {"input": want_input[None]})[0]
+    assert got.shape == want.shape == (1, 2, WINDOW, WINDOW)
+    assert np.max(np.abs(got - want)) <= 1e-4
 
 
 def test_resolution_is_in_cm_for_metres_feet_and_degrees():
