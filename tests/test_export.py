@@ -166,6 +166,7 @@ def test_graph_has_one_fixed_size_input_with_dynamic_batch_and_opset_17(exported
 
 
 # -- 3. onnxruntime equals torch -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_onnxruntime_equals_torch_on_real_windows_at_any_batch_size(exported, checkpoint):
     import torch
 
@@ -229,6 +230,7 @@ UINT16_SCENES = [("sentinel2_denmark_lpis/RGB_small.tif", "sentinel2-l1c"),
                  ("landsat8_parana/LC08_L1TP_224078_20200518_20200518_01_RT.TIF", "landsat-c2-l2")]  # fmt: skip
 
 
+@pytest.mark.realdata
 @pytest.mark.parametrize("name,preset", UINT16_SCENES)
 def test_deepness_preprocessing_equals_rs_pgd_on_uint16_scenes_with_a_preset(shared_data, name, preset):
     from rs_pgd.onnx_export import deepness_metadata
@@ -261,6 +263,7 @@ def deepness_src():
         del sys.modules[name]
 
 
+@pytest.mark.slow
 def test_deepness_own_model_code_reads_the_file_and_matches_rs_pgd(exported, deepness_src):
     """Deepness's ``Segmentor`` (its metadata readers and its preprocessing) on the exported file and a raw uint8
     tile gives the probabilities rs-pgd's reader + normalise + onnxruntime give."""
@@ -307,6 +310,7 @@ BLOCK_TORCH = ("import sys; sys.modules['torch'] = None; "  # any `import torch`
                "from rs_pgd.cli.main import cli; cli(prog_name='rs-pgd')")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_onnx_predict_without_torch_agrees_with_torch_predict(exported, checkpoint, tmp_path, one_torch_thread):
     import rs_pgd
 
@@ -336,6 +340,7 @@ def test_onnx_predict_without_torch_agrees_with_torch_predict(exported, checkpoi
     assert np.max(np.abs(probs_onnx[:, valid] - probs_torch[:, valid])) <= 1e-4
 
 
+@pytest.mark.slow
 def test_onnx_predict_geometry_must_fit_the_exported_window(exported, tmp_path):
     def run(*options):
         return CliRunner().invoke(cli, ["predict", str(exported.output), str(DEMO_SCENE), "-o",
@@ -373,6 +378,7 @@ def test_export_refuses_a_tile_off_the_32_px_grid(checkpoint, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_export_of_an_untraceable_model_fails_in_one_line_and_keeps_the_old_file(tmp_path):
     # PSPNet pools its 1/8 feature map to 1, 2, 3 and 6 cells; the exporter needs those to divide it: 128 px -> 16 no
     ckpt = write_checkpoint(tmp_path / "psp.safetensors", checkpoint_meta(DEMO_SCENE, arch="PSPNet"))
