@@ -171,9 +171,9 @@ def count_windows(cfg, train_labels, work, **geometry) -> int:
 def train_and_predict(cfg, train_labels, work: Path, name: str, names: list, seed: int, **options) -> tuple:
     import rasterio
 
+    from rs_pgd import fit
     from rs_pgd.infer import predict
     from rs_pgd.models import load_checkpoint
-    from rs_pgd.train import fit
 
     model = work / f"{name}.safetensors"
     log = work / f"{name}.jsonl"

@@ -143,7 +143,7 @@ def random_checkpoint(path, arch: str = "Unet", encoder: str = "resnet34", tile:
     import torch
 
     from rs_pgd import __version__
-    from rs_pgd.labels import ClassTable
+    from rs_pgd.classes import ClassTable
     from rs_pgd.models import ModelSpec, save_checkpoint
     from rs_pgd.raster import SceneReader, compute_band_stats
 

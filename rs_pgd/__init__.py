@@ -11,7 +11,7 @@ __all__ = ["__version__", "fit", "predict", "evaluate", "vectorize", "export", "
 
 def __getattr__(name):
     if name == "fit":
-        from rs_pgd.train import fit
+        from rs_pgd.api import fit
 
         return fit
     if name == "predict":

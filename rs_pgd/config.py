@@ -1,8 +1,8 @@
 """Training options and the checks that need no torch (so the CLI can refuse bad input in a fraction of a second).
 
 ``preflight_fit`` runs every check that reads no pixels and imports no torch: option values and window geometry,
-the output path, the scenes (readable, north-up) and the label files' existence. ``rs_pgd.train`` repeats what it
-needs, so the API gets the same errors.
+the output path, the scenes (readable, north-up) and the label files' existence. ``rs_pgd.fit`` (the API, which
+the CLI calls) runs it once, before importing torch; the training code does not repeat it.
 """
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rs_pgd import defaults
+from rs_pgd.defaults import NORMS, OPTIMIZERS, PRECISIONS, WEIGHTINGS
 from rs_pgd.errors import DeviceError, GridError, LabelError, TrainingError
 from rs_pgd.grid import validate_geometry
 
-STEP_EVERY_SCENE = "scene"
-WEIGHTINGS = ("uniform", "position", "loss")
-PRECISIONS = ("auto", "32", "bf16", "16-mixed")
-NORMS = ("frozen", "batch", "group")
+STEP_EVERY_SCENE = defaults.STEP_EVERY
 
 
 @dataclass
@@ -31,33 +30,35 @@ class FitConfig:
     all_touched: bool = False
     bands: list | None = None
     preset: str | None = None
-    arch: str = "Unet"
-    encoder: str = "resnet34"
+    arch: str = defaults.ARCH
+    encoder: str = defaults.ENCODER
     encoder_weights: str | None = None
-    tile: int = 256
-    margin: int = 64
+    tile: int = defaults.TILE
+    margin: int = defaults.MARGIN
     stride: int | None = None
-    batch_size: int = 4
-    epochs: int = 40
+    batch_size: int = defaults.BATCH_SIZE
+    epochs: int = defaults.EPOCHS
     max_steps: int | None = None
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+    lr: float = defaults.LR
+    weight_decay: float = defaults.WEIGHT_DECAY
+    optimizer: str = defaults.OPTIMIZER
+    momentum: float = defaults.MOMENTUM
     step_every: str | int = STEP_EVERY_SCENE
-    weighting: str = "uniform"
+    weighting: str = defaults.WEIGHTING
     hard_mining: float | None = None
     hard_mining_unbiased: bool = True
-    norm: str = "batch"
-    precision: str = "auto"
+    norm: str = defaults.NORM
+    precision: str = defaults.PRECISION
     grad_checkpointing: bool = False
     channels_last: bool = True
     augment: bool = True
     workers: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    val_fraction: float = 0.2
+    seed: int = defaults.SEED
+    device: str = defaults.DEVICE
+    val_fraction: float = defaults.VAL_FRACTION
     val_scene: str | None = None
     val_labels: str | None = None
-    stats_windows: int = 64
+    stats_windows: int = defaults.STATS_WINDOWS
     log_json: str | None = None
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -79,6 +80,8 @@ def _validate_config(c: FitConfig) -> None:
         raise GridError(f"unknown weighting {c.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
     if c.precision not in PRECISIONS:
         raise TrainingError(f"unknown precision {c.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if c.optimizer not in OPTIMIZERS:
+        raise TrainingError(f"unknown optimizer {c.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     if c.norm not in NORMS:
         raise TrainingError(f"unknown norm {c.norm!r}; choose one of {', '.join(NORMS)}")
     if c.step_every != STEP_EVERY_SCENE:
@@ -95,6 +98,8 @@ def _validate_config(c: FitConfig) -> None:
     for name in ("batch_size", "epochs"):
         if getattr(c, name) < 1:
             raise TrainingError(f"--{name.replace('_', '-')} must be at least 1")
+    if c.workers is not None and c.workers < 0:
+        raise TrainingError(f"--workers {c.workers} must be 0 (read in the main process) or a positive number")
     if c.max_steps is not None and c.max_steps < 1:
         raise TrainingError("--max-steps must be at least 1")
     if c.lr <= 0:
@@ -118,8 +123,14 @@ def preflight_fit(scenes, labels, output, options: dict) -> FitConfig:
     from rs_pgd.raster import require_north_up, scene_info
 
     config = make_config(options)
+    if len(scenes) != len(labels):
+        raise LabelError(f"{len(scenes)} scenes but {len(labels)} label files; give one label file per scene")
+    if (config.val_scene is None) != (config.val_labels is None):
+        raise LabelError("give both a validation scene and its labels (--val SCENE LABELS), or neither")
+    if config.val_scene is not None:
+        scenes, labels = [*scenes, config.val_scene], [*labels, config.val_labels]
     check_output_path(output, inputs=[*scenes, *labels])
-    if config.device == "cuda" and not _cuda_visible():
+    if config.device == "cuda" and not cuda_visible():
         raise DeviceError("--device cuda was asked for but CUDA is not available here; use --device cpu or auto")
     for scene, label in zip(scenes, labels):
         info = scene_info(scene)
@@ -139,7 +150,7 @@ def _is_raster_path(path) -> bool:
     return _looks_like_raster(Path(path))
 
 
-def _cuda_visible() -> bool:
+def cuda_visible() -> bool:
     """Whether a CUDA device could exist, without importing torch (NVIDIA driver present and not hidden)."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
         return False

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from rs_pgd.classes import IGNORE_INDEX
 from rs_pgd.grid import GridWindow, WindowGrid
 from rs_pgd.raster import BandStats, SceneReader, normalise
-
-IGNORE = 255
 
 
 @dataclass
@@ -45,10 +44,10 @@ def window_sample(source: SceneSource, window: GridWindow, weight_kind: str = "u
     weight[~(data.valid & data.inside)] = 0.0
     if source.labels is not None:
         target = source.labels.read(window.bounds).astype(np.int64)
-        weight[target == IGNORE] = 0.0
+        weight[target == IGNORE_INDEX] = 0.0
     else:
-        target = np.full((size, size), IGNORE, dtype=np.int64)
-    target[weight == 0] = IGNORE
+        target = np.full((size, size), IGNORE_INDEX, dtype=np.int64)
+    target[weight == 0] = IGNORE_INDEX
     return {"image": image.astype(np.float32), "target": target, "weight": weight.astype(np.float32)}
 
 

@@ -12,9 +12,9 @@ DEMO_LABEL_RASTER = DATA / "RGB.byte_gshhg_landwater.tif"
 
 def run_demo(directory="rs-pgd-demo", epochs: int = 25, progress: bool = True) -> dict:
     """Fit on the demo scene, predict it, evaluate the prediction; return the paths and scores."""
+    from rs_pgd import fit
     from rs_pgd.evaluation import evaluate
     from rs_pgd.infer import predict
-    from rs_pgd.train import fit
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)

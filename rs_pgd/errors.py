@@ -47,3 +47,11 @@ class DeviceError(RsPgdError, RuntimeError):
 
 class TrainingError(RsPgdError, RuntimeError):
     """Training cannot go on (e.g. the loss became NaN)."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss of a window batch became NaN or infinite (raised before its gradient is accumulated)."""
+
+    def __init__(self, value: float):
+        self.value = value
+        super().__init__(f"the loss became {value}; lower the learning rate or use float32 instead of bf16/fp16")

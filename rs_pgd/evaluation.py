@@ -12,6 +12,14 @@ Which pixels count
 - Labelled pixels whose predicted value is not a class of the labels count as wrong predictions (a false
   negative of the reference class, no false positive of any class); they are reported per reference class in
   ``unmatched`` and their values in ``unmatched_values``.
+
+Which class is which
+--------------------
+A reference class with a name (a string class, a ``class_id`` + ``class_name`` pair, a ``--mapping`` target) is
+matched to the prediction's class of the same name, as stored by ``rs-pgd predict`` (``CLASS_NAMES`` tag or GDAL
+category names); its value in the reference file does not matter. A class known only by its number (a label
+raster, an integer class column) is matched by value. A named reference class that the prediction does not know
+is scored (every pixel of it is wrong) and reported in ``warnings``.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import json
 
 import numpy as np
 
-from rs_pgd.errors import OutputError
+from rs_pgd.errors import GridError, LabelError, OutputError
 
 UNMATCHED = "unmatched"
 
@@ -51,9 +59,9 @@ def evaluate(prediction, labels, *, class_column=None, layer=None, mapping=None,
     labels : path-like
         Reference labels, vector or raster; read on the prediction's grid (reprojected if needed).
     class_column, layer, mapping, all_touched, background
-        As for :func:`rs_pgd.labels.open_labels`.
+        As for :func:`rs_pgd.labels.open_labels` (``mapping`` may be a dict or a JSON file).
     tile : int
-        Window side in pixels (bounds memory; the result does not depend on it).
+        Window side in pixels, at least 1 (bounds memory; the result does not depend on it).
 
     Returns
     -------
@@ -61,33 +69,36 @@ def evaluate(prediction, labels, *, class_column=None, layer=None, mapping=None,
         ``miou``, ``accuracy``, ``per_class`` (list of ``{index, value, name, iou, f1, precision, recall,
         support}``), ``confusion`` (rows reference, columns predicted, label class order), ``unmatched`` (per
         reference class: pixels predicted with a value that is not a class), ``unmatched_values``, ``classes``
-        (the label class table), ``pixels`` (scored), ``unscored`` (labelled pixels where the prediction is
+        (the label class table, with the prediction's values for classes matched by name), ``pixels`` (scored), ``unscored`` (labelled pixels where the prediction is
         nodata), ``prediction``, ``labels``, ``warnings``.
     """
     from rasterio.windows import Window
 
+    from rs_pgd.classes import IGNORE_INDEX, open_class_map, read_class_names
     from rs_pgd.grid import WindowGrid
-    from rs_pgd.labels import IGNORE_INDEX, open_labels
+    from rs_pgd.labels import open_labels
     from rs_pgd.raster import scene_info
-    from rs_pgd.vectorization import open_prediction, read_class_names
 
+    if int(tile) < 1:
+        raise GridError(f"tile {tile} must be at least 1 pixel; it only bounds memory, e.g. --tile 1024")
+    with open_class_map(prediction) as dataset:
+        predicted_names = read_class_names(dataset)
     scene = scene_info(prediction)
     source = open_labels(labels, scene, class_column=class_column, mapping=mapping, layer=layer,
                          all_touched=all_touched, background=background)
-    classes = source.classes
+    classes, index_lut, warnings = match_classes(source.classes, predicted_names)
     k = classes.num_classes
     unmatched_index = k
     lut = _value_to_index_lut(classes, unmatched_index)
     confusion = np.zeros((k + 1, k + 1), dtype=np.int64)
     unmatched_values: set[int] = set()
     unscored = 0
-    with open_prediction(prediction) as dataset:
-        predicted_names = read_class_names(dataset)
+    with open_class_map(prediction) as dataset:
         height, width = dataset.height, dataset.width
         for window in WindowGrid(height, width, int(tile), 0, align=1):
             row_start, col_start, row_stop, col_stop = window.bounds
             row_stop, col_stop = min(row_stop, height), min(col_stop, width)
-            reference = source.read((row_start, col_start, row_stop, col_stop))
+            reference = index_lut[source.read((row_start, col_start, row_stop, col_stop))]
             labelled = reference != IGNORE_INDEX
             if not labelled.any():
                 continue
@@ -107,9 +118,60 @@ def evaluate(prediction, labels, *, class_column=None, layer=None, mapping=None,
         unmatched_values=sorted(unmatched_values),
         prediction=str(prediction),
         labels=str(labels),
-        warnings=_name_warnings(classes, predicted_names),
+        warnings=warnings,
     )
     return result
+
+
+def match_classes(classes, predicted_names: dict[int, str]):
+    """The reference classes re-valued to the prediction's classes: named ones by name, numbered ones by value.
+
+    Parameters
+    ----------
+    classes : ClassTable
+        The reference labels' classes.
+    predicted_names : dict
+        ``{value: name}`` stored in the prediction (empty when it names nothing: then every class matches by
+        value).
+
+    Returns
+    -------
+    (ClassTable, numpy.ndarray, list of str)
+        The re-valued table; a ``uint8`` lookup of 256 entries from the labels' class index to the new table's
+        index (255 stays 255); warnings about reference classes the prediction does not know.
+    """
+    from rs_pgd.classes import IGNORE_INDEX, sorted_table
+
+    value_of_name = {name: value for value, name in predicted_names.items()}
+    new_values, warnings, unknown = [], [], []
+    for value, name in zip(classes.values, classes.names):
+        if name == str(value) or not predicted_names:
+            new_values.append(value)
+        elif name in value_of_name:
+            new_values.append(value_of_name[name])
+        else:
+            new_values.append(None)
+            unknown.append(name)
+    free = (v for v in range(255) if v not in predicted_names and v not in new_values)
+    new_values = [next(free) if v is None else v for v in new_values]
+    if len(set(new_values)) != len(new_values):
+        raise LabelError(
+            f"reference classes {list(classes.names)} meet the prediction's classes "
+            f"{_named(predicted_names)} twice on one value; give a --mapping to the prediction's class names"
+        )
+    if unknown:
+        warnings.append(
+            f"reference classes {unknown} are not classes of the prediction {_named(predicted_names)}; their "
+            "pixels count as wrong (map them to the prediction's names with --mapping)"
+        )
+    table = sorted_table(dict(zip(new_values, classes.names)), dict(zip(new_values, classes.colours)))
+    index_lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    index_lut[: classes.num_classes] = [table.values.index(v) for v in new_values]
+    return table, index_lut, warnings
+
+
+def _named(predicted_names: dict[int, str]) -> list[str]:
+    return [predicted_names[v] for v in sorted(predicted_names)]
 
 
 def _update(confusion: np.ndarray, reference: np.ndarray, predicted: np.ndarray) -> None:
@@ -126,19 +188,6 @@ def _display_names(classes, predicted_names: dict[int, str]) -> list[str]:
             name = predicted_names[value]
         names.append(name)
     return names
-
-
-def _name_warnings(classes, predicted_names: dict[int, str]) -> list[str]:
-    """Classes whose value is named differently in the labels and in the prediction."""
-    warnings = []
-    for value, name in zip(classes.values, classes.names):
-        other = predicted_names.get(value)
-        if other is not None and name != str(value) and other != name:
-            warnings.append(
-                f"class value {value} is {name!r} in the labels but {other!r} in the prediction; "
-                "check that the model was trained with the same classes"
-            )
-    return warnings
 
 
 def _result(confusion: np.ndarray, names: list[str], classes) -> dict:

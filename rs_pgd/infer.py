@@ -13,6 +13,7 @@ stream of window batches; reading, stitching and writing are the same for both.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ import numpy as np
 
 from rs_pgd.errors import CheckpointError
 from rs_pgd.grid import WindowGrid
+from rs_pgd.raster import gdal_env
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,6 +67,7 @@ class Backend:
     geometry: Callable[..., tuple[int, int, int | None]]
 
 
+@gdal_env()
 def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend="none", probabilities=None,
             probability_dtype="uint8", preview=None, batch_size=None, device="auto", precision="auto",
             workers=None, cog=True, progress=True) -> PredictResult:
@@ -103,10 +108,8 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
 
     from rs_pgd.onnx_backend import is_onnx_path
     from rs_pgd.output import check_output_path
-    from rs_pgd.raster import limit_gdal_cache
     from rs_pgd.stitch import weight_kind
 
-    limit_gdal_cache()
     started = time.perf_counter()
     weight_kind(blend)  # validates the blend mode before any work
     check_output_path(output, inputs=[model, scene])
@@ -127,7 +130,7 @@ def _predict_windows(backend: Backend, model, scene, output, tile, margin, strid
     """The window loop shared by every backend: read, run ``backend.forward``, stitch, write."""
     import time
 
-    from rs_pgd.labels import ClassTable
+    from rs_pgd.classes import ClassTable
     from rs_pgd.output import StreamingClassWriter, StreamingProbabilityWriter
     from rs_pgd.raster import BandStats
     from rs_pgd.stitch import RowStitcher
@@ -181,10 +184,12 @@ def _torch_backend(model, device, precision, batch_size, workers) -> Backend:
     """A checkpoint run with torch: the model on ``device`` at ``precision``, windows from a DataLoader."""
     from rs_pgd.config import inference_geometry
     from rs_pgd.models import model_from_checkpoint
-    from rs_pgd.train import default_workers, resolve_device, resolve_precision
+    from rs_pgd.runtime import default_workers, resolve_device, resolve_precision
 
     dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    choice = resolve_precision(precision, dev)
+    prec = choice.precision
+    logger.info("precision %s (%s)", prec, choice.reason)
     net, meta = model_from_checkpoint(model, device=dev)
     if batch_size is None:
         batch_size = 8 if dev.type == "cuda" else 1  # on CPU batching adds no throughput, only memory
@@ -242,7 +247,7 @@ def _torch_forward(net, device, precision):
     """``forward(images) -> probabilities`` for a torch model (channels-last, autocast at ``precision``)."""
     import torch
 
-    from rs_pgd.train import autocast_context
+    from rs_pgd.runtime import autocast_context
 
     net = net.to(memory_format=torch.channels_last)
 

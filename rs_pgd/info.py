@@ -22,6 +22,7 @@ def describe(scene, labels=None, *, class_column=None, layer=None, bands=None, p
         ``notes`` (plain-English problems and what rs-pgd will do about them).
     """
     from rs_pgd.raster import SceneReader, scene_info
+    from rs_pgd.runtime import runtime_report
 
     info = scene_info(scene)
     reader = SceneReader(scene, bands=bands, preset=preset or "generic")
@@ -32,6 +33,7 @@ def describe(scene, labels=None, *, class_column=None, layer=None, bands=None, p
         "nodata_fraction": round(_nodata_fraction(reader, tile), 6),
         "suggested": suggest_geometry(info.height, info.width),
         "notes": list(info.problems),
+        "runtime": runtime_report(),
     }
     if not info.georeferenced:
         report["notes"].append("scene is not properly georeferenced: vector labels cannot be placed on it; "
@@ -90,6 +92,8 @@ def format_report(report: dict) -> str:
         f"layout       {'tiled' if s['tiled'] else 'striped'}, blocks {s['block_shapes'][0][0]}x{s['block_shapes'][0][1]}",
         f"preset       {report['preset']}, bands {report['bands']}",
     ]
+    cpu = report["runtime"]["cpu_precision"]
+    lines.append(f"precision    auto -> {cpu['precision']} on this CPU ({cpu['reason'].removeprefix('auto: ')})")
     g = report["suggested"]
     lines.append(f"suggested    --tile {g['tile']} --margin {g['margin']} (windows of {g['window']} px)")
     labels = report.get("labels")

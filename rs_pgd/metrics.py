@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from rs_pgd.classes import IGNORE_INDEX
 
-def update_confusion(confusion: np.ndarray, reference: np.ndarray, predicted: np.ndarray, ignore_index: int = 255):
+
+def update_confusion(confusion: np.ndarray, reference: np.ndarray, predicted: np.ndarray, ignore_index: int = IGNORE_INDEX):
     """Add the pixels of one window to ``confusion`` in place; pixels whose reference is ``ignore_index`` or
     whose prediction is out of range are skipped. Returns ``confusion``."""
     k = confusion.shape[0]

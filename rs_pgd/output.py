@@ -24,12 +24,12 @@ import rasterio
 import rasterio.shutil
 from rasterio.windows import Window
 
+from rs_pgd.classes import IGNORE_INDEX
 from rs_pgd.errors import OutputError
 
 SIDECARS = (".aux.xml", ".ovr", ".msk")
 """GDAL sidecar files that travel with a raster."""
 
-CLASS_NODATA = 255
 PROBABILITY_NODATA_UINT8 = 255
 PROBABILITY_SCALE_UINT8 = 254
 
@@ -188,7 +188,7 @@ def default_colour(i: int) -> tuple[int, int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255), 255
 
 
-def class_colormap(classes, nodata: int | None = CLASS_NODATA) -> dict[int, tuple[int, int, int, int]]:
+def class_colormap(classes, nodata: int | None = IGNORE_INDEX) -> dict[int, tuple[int, int, int, int]]:
     """Colour table ``value -> RGBA`` of a class table (``values``, ``colours``); nodata is transparent."""
     colours = getattr(classes, "colours", None) or [None] * len(classes.values)
     cmap = {
@@ -436,7 +436,7 @@ class StreamingClassWriter(_StreamingWriter):
         path,
         profile,
         classes,
-        nodata: int = CLASS_NODATA,
+        nodata: int = IGNORE_INDEX,
         cog: bool = True,
         blocksize: int = 512,
         inputs: Iterable = (),

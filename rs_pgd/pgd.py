@@ -11,7 +11,9 @@ Hard-example mining (:func:`select_windows`) trains on a sample of windows drawn
 to their latest loss; each drawn window's loss is multiplied by its importance weight ``count / (K * p)`` so the
 expected gradient is still the full-group gradient.
 
-No files, no CLI here: the caller (``train.py``) supplies batches and the normaliser.
+No files, no CLI here: the caller (``train.py``) supplies batches and the normaliser, and hooks for what
+surrounds a step (summing gradients across distributed ranks, progress). :func:`pgd_step` is the one PGD step:
+``rs_pgd.fit`` takes every optimizer step through it.
 """
 
 from __future__ import annotations
@@ -25,9 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rs_pgd.errors import TrainingError
-
-IGNORE_INDEX = 255
+from rs_pgd.classes import IGNORE_INDEX
+from rs_pgd.errors import NonFiniteLossError, TrainingError
 
 
 # -- loss ---------------------------------------------------------------------------------------------------
@@ -177,6 +178,8 @@ class StepResult:
         every window of the group took part with weight 1).
     window_losses : dict
         Window index -> raw loss sum (weighted CE sum, before any window weight), for hard-example mining.
+    window_pixels : dict
+        Window index -> the window's scored pixels (its sum of coverage weights), as float32.
     windows : int
         Windows accumulated.
     stepped : bool
@@ -187,6 +190,7 @@ class StepResult:
 
     loss: float = 0.0
     window_losses: dict = field(default_factory=dict)
+    window_pixels: dict = field(default_factory=dict)
     windows: int = 0
     stepped: bool = False
     grad_norm: float | None = None
@@ -253,20 +257,22 @@ class PGDAccumulator:
                     window_weight, dtype=per_window.dtype, device=per_window.device
                 )
             loss = weighted.sum() / self.normaliser
+            if self.scaler is None and not torch.isfinite(loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteLossError(float(loss.detach()))
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         raw = per_window.detach()
-        self._record(batch.get("index"), raw, float(loss.detach()))
+        self._record(batch.get("index"), raw, weight, float(loss.detach()))
         return raw
 
     def step(self) -> StepResult:
-        """Apply the accumulated gradient (one optimizer step), zero the gradients and return the step's result."""
+        """Apply the accumulated gradient (one optimizer step), zero the gradients and return the step's result.
+
+        The step is taken when any parameter holds a gradient: after accumulating at least one batch, or after a
+        distributed all-reduce gave this rank its peers' gradients although it had no window of its own.
+        """
         result = self.result
-        if result.windows and not math.isfinite(result.loss) and self.scaler is None:
-            self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingError(
-                f"the loss became {result.loss} ; lower the learning rate or use bf16 instead of fp16"
-            )
-        if result.windows:
+        if any(p.grad is not None for group in self.optimizer.param_groups for p in group["params"]):
             if self.scaler is not None:
                 if self.max_grad_norm is not None:
                     self.scaler.unscale_(self.optimizer)
@@ -293,12 +299,15 @@ class PGDAccumulator:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def _record(self, index, raw: torch.Tensor, loss: float) -> None:
+    def _record(self, index, raw: torch.Tensor, weight: torch.Tensor, loss: float) -> None:
         result = self.result
         result.loss += loss
         if index is not None:
-            for i, value in zip(_as_numpy(index).reshape(-1).tolist(), raw.cpu().tolist()):
+            pixels = weight.float().sum(dim=(1, 2)).cpu().numpy()
+            raw_values = raw.float().cpu().numpy()
+            for i, value, count in zip(_as_numpy(index).reshape(-1).tolist(), raw_values, pixels):
                 result.window_losses[int(i)] = float(value)
+                result.window_pixels[int(i)] = np.float32(count)
         result.windows += int(raw.numel())
 
 
@@ -312,6 +321,8 @@ def pgd_step(
     device=None,
     max_grad_norm=None,
     window_weights: dict | None = None,
+    reduce_gradients=None,
+    on_batch=None,
 ) -> StepResult:
     """One PGD step: accumulate the gradients of every batch of the group, then one optimizer step.
 
@@ -326,6 +337,11 @@ def pgd_step(
         an ``index`` entry. Windows absent from it get weight 1.
     scaler, autocast_dtype, device, max_grad_norm
         See :class:`PGDAccumulator`.
+    reduce_gradients : callable, optional
+        ``reduce_gradients(model)`` runs once after the group's gradients are accumulated and before the
+        optimizer step: distributed training sums the ranks' gradients there (one all-reduce per step).
+    on_batch : callable, optional
+        ``on_batch(windows, result)`` after every batch, with the batch's window count and the step so far.
     """
     accumulator = PGDAccumulator(model, optimizer, normaliser, scaler, autocast_dtype, device, max_grad_norm)
     optimizer.zero_grad(set_to_none=True)
@@ -340,6 +356,10 @@ def pgd_step(
                 [float(window_weights.get(int(i), 1.0)) for i in _as_numpy(batch["index"]).reshape(-1)]
             )
         accumulator.add(batch, window_weight=multiplier, sync=is_last)
+        if on_batch is not None:
+            on_batch(int(batch["image"].shape[0]), accumulator.result)
+    if reduce_gradients is not None:
+        reduce_gradients(model)
     return accumulator.step()
 
 

@@ -16,6 +16,7 @@ nodata DN. Invalid pixels read as 0 after scaling.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -552,6 +553,17 @@ def compute_band_stats(
     return BandStats(mean=mean, std=std, count=count)
 
 
+def merge_band_stats(parts: list[BandStats]) -> BandStats:
+    """Band statistics of several scenes together (pooled mean and variance, weighted by valid pixel counts)."""
+    if len(parts) == 1:
+        return parts[0]
+    count = np.sum([np.asarray(p.count, dtype=np.float64) for p in parts], axis=0)
+    mean = np.sum([np.asarray(p.count) * np.asarray(p.mean) for p in parts], axis=0) / count
+    second = np.sum([np.asarray(p.count) * (np.asarray(p.std) ** 2 + (np.asarray(p.mean) - mean) ** 2)
+                     for p in parts], axis=0) / count
+    return BandStats(mean=mean, std=np.maximum(np.sqrt(second), STD_EPSILON), count=count)
+
+
 def _sample_tiles(
     height: int, width: int, tile: int, max_windows: int, seed: int
 ) -> list[tuple[int, int, int, int]]:
@@ -610,9 +622,15 @@ fills it: fit's peak RSS on a 16k x 16k scene was 1.81x that on a 1k x 1k scene 
 """
 
 
-def limit_gdal_cache(megabytes: int = GDAL_CACHEMAX_MB) -> None:
-    """Cap GDAL's block cache for this process and its workers, unless the user set ``GDAL_CACHEMAX``.
+@contextlib.contextmanager
+def gdal_env(cache_mb: int = GDAL_CACHEMAX_MB, **options):
+    """A ``rasterio.Env`` with rs-pgd's GDAL settings: the block cache capped at ``cache_mb`` MiB (unless the user
+    set ``GDAL_CACHEMAX``), plus any other GDAL ``options``. The previous settings return on exit.
 
-    GDAL reads the setting when the cache is first used, so call this before the first raster read.
+    Usable as a context manager or as a decorator. DataLoader workers forked inside it inherit the cache cap.
     """
-    os.environ.setdefault("GDAL_CACHEMAX", str(int(megabytes)))
+    settings = dict(options)
+    if "GDAL_CACHEMAX" not in os.environ:
+        settings["GDAL_CACHEMAX"] = int(cache_mb) * 2**20
+    with rasterio.Env(**settings):
+        yield

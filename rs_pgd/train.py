@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import os
 import time
@@ -33,9 +34,18 @@ import numpy as np
 import torch
 
 from rs_pgd import __version__
-from rs_pgd.config import STEP_EVERY_SCENE, FitConfig, make_config, sibling
-from rs_pgd.errors import DeviceError, GridError, LabelError, RsPgdError, TrainingError
+from rs_pgd.config import STEP_EVERY_SCENE, FitConfig, sibling
+from rs_pgd.errors import GridError, LabelError, NonFiniteLossError, RsPgdError, TrainingError
 from rs_pgd.grid import WindowGrid
+from rs_pgd.runtime import (
+    autocast_context,
+    autocast_dtype,
+    default_workers,
+    resolve_device,
+    resolve_precision,
+)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,93 +58,22 @@ class FitResult:
     steps: int
 
 
-def fit(scenes, labels, output="model.safetensors", *, resume=False, **options) -> FitResult:
-    """Train a segmentation model on ``scenes`` with ``labels`` and write a checkpoint to ``output``.
+def train(scenes: list, labels: list, output: Path, config: FitConfig, *, resume: bool = False,
+          model=None) -> FitResult:
+    """Run a training whose inputs :func:`rs_pgd.config.preflight_fit` has checked (see :func:`rs_pgd.api.fit`)."""
+    from rs_pgd.raster import gdal_env
 
-    Parameters
-    ----------
-    scenes : str or path or list of them
-        Scene rasters (any GDAL raster).
-    labels : str or path or list of them
-        One label file (vector or raster) per scene.
-    output : str or path
-        Checkpoint to write (safetensors); its siblings hold the resume state and the training curve.
-    resume : bool
-        Continue from ``<output stem>.resume.pt`` if it exists.
-    **options
-        Any field of :class:`FitConfig`.
-
-    Returns
-    -------
-    FitResult
-    """
-    from rs_pgd.raster import limit_gdal_cache
-
-    limit_gdal_cache()
-    config = make_config(options)
-    scenes = [scenes] if isinstance(scenes, (str, os.PathLike)) else list(scenes)
-    labels = [labels] if isinstance(labels, (str, os.PathLike)) else list(labels)
-    if len(scenes) != len(labels):
-        raise LabelError(f"{len(scenes)} scenes but {len(labels)} label files; give one label file per scene")
-    trainer = Trainer(scenes, labels, Path(output), config)
-    return trainer.run(resume=resume)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA is a :class:`DeviceError`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("--device cuda was asked for but CUDA is not available here; use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise DeviceError(f"unknown device {name!r}; use auto, cpu or cuda")
-    return torch.device(name)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 (2x faster on CPU, native on recent GPUs); ``16-mixed`` needs CUDA."""
-    if precision == "auto":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            return "16-mixed"
-        return "bf16"
-    if precision == "16-mixed" and device.type != "cuda":
-        raise DeviceError("--precision 16-mixed needs CUDA; use bf16 or 32 on the CPU")
-    return precision
-
-
-def autocast_context(precision: str, device: torch.device):
-    """The autocast context for a resolved precision (a no-op for 32)."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision == "16-mixed":
-        return torch.autocast(device.type, dtype=torch.float16)
-    return torch.autocast(device.type, enabled=False)
-
-
-def default_workers(device: torch.device | None = None) -> int:
-    """DataLoader worker processes: on CUDA one per spare core (at most 4); on a CPU, none up to 2 cores.
-
-    On the CPU the model's intra-op threads already use every core, and a loader process competing with them cost
-    more than the reading it hides: on 2 cores fit ran at 0.70-0.75 of a bare training loop with one worker and
-    0.90 with none (docs/benchmarks.md). Larger CPUs get one worker per 8 cores (at most 4).
-    """
-    cores = os.cpu_count() or 1
-    if device is not None and device.type == "cuda":
-        return max(0, min(4, cores - 1))
-    return 0 if cores <= 2 else min(4, max(1, cores // 8))
+    with gdal_env():
+        trainer = Trainer(scenes, labels, Path(output), config, model=model)
+        return trainer.run(resume=resume)
 
 
 class Trainer:
     """One training run: set-up, the epoch loop, validation and checkpoints (see :func:`fit`)."""
 
-    def __init__(self, scenes, labels, output: Path, config: FitConfig):
-        from rs_pgd.output import check_output_path
-
+    def __init__(self, scenes, labels, output: Path, config: FitConfig, model=None):
         self.config = config
         self.output = output
-        check_output_path(output, inputs=[*scenes, *labels])
-        if (config.val_scene is None) != (config.val_labels is None):
-            raise LabelError("give both a validation scene and its labels (--val SCENE LABELS), or neither")
         n_train = len(scenes)
         if config.val_scene is not None:
             scenes, labels = [*scenes, config.val_scene], [*labels, config.val_labels]
@@ -145,19 +84,25 @@ class Trainer:
         self.device = local_device(self.device)
         if not self.dist.is_main:
             config.progress = False
-        self.precision = resolve_precision(config.precision, self.device)
-        self.sources, self.class_table, self.scene_meta = _open_sources(scenes, labels, config)
-        self.train_items, self.val_items, self.counts = _plan_windows(self.sources, config, n_train)
+        choice = resolve_precision(config.precision, self.device)
+        self.precision = choice.precision
+        self.precision_reason = choice.reason
+        logger.info("precision %s (%s)", self.precision, choice.reason)
+        self.sources, self.class_table, self.scene_meta = _open_sources(scenes, labels, config, n_train)
+        self.train_items, self.val_items, self.counts = _plan_windows(self.sources, config, n_train,
+                                                                      self.class_table.names)
         torch.manual_seed(config.seed)  # the initial weights depend on the seed alone
-        self.model, self.spec = _build(self.sources, self.class_table, config, self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
+        self.model, self.spec = _build(self.sources, self.class_table, config, self.device, model)
+        self.input_dtype = next(self.model.parameters()).dtype
+        self.optimizer = _optimizer(self.model, config)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _cosine_schedule(config.epochs))
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "16-mixed" else None
         self.loss_table = np.full(len(self.train_items), np.nan)
         self.history: list[dict] = []
         self.best: dict | None = None
         self.start_epoch = 0
         self.steps = 0
+        self.resume_at: dict | None = None  # set by a resume state written in the middle of an epoch
 
     # -- main loop ----------------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> FitResult:
@@ -169,11 +114,16 @@ class Trainer:
             for epoch in range(self.start_epoch, self.config.epochs):
                 if self._max_steps_reached():
                     break
-                train_loss = self._train_epoch(epoch, log)
+                resume_at, self.resume_at = self.resume_at, None
+                history, best = list(self.history), self.best
+                train_loss, unfinished = self._train_epoch(epoch, log, resume_at)
                 scores = self._validate() if self.val_items else None
-                self._record_epoch(epoch, train_loss, scores)
-                self.scheduler.step()
-                self._save(epoch)
+                self._record_epoch(epoch, train_loss, scores, partial=unfinished is not None)
+                if unfinished is None:
+                    self.scheduler.step()
+                    self._save(self._resume_state(epoch + 1))
+                else:  # --max-steps stopped mid-epoch: resume from this very step, as if never stopped
+                    self._save(self._resume_state(epoch, unfinished, history, best))
         except KeyboardInterrupt:
             raise KeyboardInterrupt(
                 f"training stopped during epoch {epoch + 1}; continue with the same command plus --resume "
@@ -191,22 +141,31 @@ class Trainer:
     def _max_steps_reached(self) -> bool:
         return self.config.max_steps is not None and self.steps >= self.config.max_steps
 
-    def _train_epoch(self, epoch: int, log) -> float:
+    def _train_epoch(self, epoch: int, log, resume_at: dict | None = None) -> tuple[float, dict | None]:
+        """Train one epoch (or its rest, after a mid-epoch resume); return its mean group loss and, when
+        ``--max-steps`` stopped it early, where it stopped (None when it finished)."""
         from rs_pgd.models import set_norm_mode
 
         c = self.config
         torch.manual_seed(_epoch_seed(c.seed, epoch))
         rng = np.random.default_rng(_epoch_seed(c.seed, epoch))
-        groups = self._plan_groups(rng)
+        start_table = resume_at["start_loss_table"] if resume_at else self.loss_table.copy()
+        groups = self._plan_groups(rng, start_table)
+        done = resume_at["groups_done"] if resume_at else 0
+        losses = list(resume_at["losses"]) if resume_at else []
         self.model.train()
         set_norm_mode(self.model, c.norm)
-        losses = []
-        bar = _progress(sum(len(g["items"]) for g in groups), f"epoch {epoch + 1}/{c.epochs}", c.progress)
+        bar = _progress(sum(len(g["items"]) for g in groups), self._bar_label(epoch), c.progress)
+        bar.update(sum(len(g["items"]) for g in groups[:done]))
         shares = [self.dist.share(g["items"]) for g in groups]
-        batches = self._epoch_batches(shares, epoch)
-        for group, share in zip(groups, shares):
+        batches = self._epoch_batches(shares, epoch, skip_groups=done)
+        for number, (group, share) in enumerate(zip(groups, shares)):
+            if number < done:
+                continue
             if self._max_steps_reached():
-                break
+                bar.close()
+                return float(np.mean(losses)), {"groups_done": number, "losses": losses,
+                                                 "start_loss_table": start_table}
             n_batches = math.ceil(len(share) / c.batch_size)
             loss = self._train_group(group, share, itertools.islice(batches, n_batches), bar)
             losses.append(loss)
@@ -217,25 +176,38 @@ class Trainer:
                                       "time": round(time.time(), 3)}) + "\n")
                 log.flush()
         bar.close()
-        return float(np.mean(losses)) if losses else float("nan")
+        return (float(np.mean(losses)) if losses else float("nan")), None
 
-    def _epoch_batches(self, shares: list[list[int]], epoch: int):
+    def _bar_label(self, epoch: int) -> str:
+        c = self.config
+        if c.max_steps is not None:
+            return f"epoch {epoch + 1}, steps {self.steps}/{c.max_steps}"
+        return f"epoch {epoch + 1}/{c.epochs}"
+
+    def _epoch_batches(self, shares: list[list[int]], epoch: int, skip_groups: int = 0):
         """One loader for the whole epoch: workers start once and read ahead across optimizer steps, while no
-        batch straddles two groups (batches are cut group by group)."""
+        batch straddles two groups (batches are cut group by group). After a mid-epoch resume the first
+        ``skip_groups`` groups are left out, and every window keeps its place (and so its augmentation)."""
         c = self.config
         flat = [i for share in shares for i in share]
         if not flat:
             return iter(())
         batches, start = [], 0
-        for share in shares:
-            batches += [list(range(start + k, start + min(k + c.batch_size, len(share))))
-                        for k in range(0, len(share), c.batch_size)]
+        for number, share in enumerate(shares):
+            if number >= skip_groups:
+                batches += [list(range(start + k, start + min(k + c.batch_size, len(share))))
+                            for k in range(0, len(share), c.batch_size)]
             start += len(share)
+        if not batches:
+            return iter(())
         return iter(self._loader([self.train_items[i] for i in flat], augment=c.augment,
                                  seed=_epoch_seed(c.seed, epoch), batch_sampler=batches))
 
-    def _plan_groups(self, rng) -> list[dict]:
-        """This epoch's optimizer steps: shuffled windows, grouped by scene or by ``step_every`` windows."""
+    def _plan_groups(self, rng, loss_table: np.ndarray) -> list[dict]:
+        """This epoch's optimizer steps: shuffled windows, grouped by scene or by ``step_every`` windows.
+
+        ``loss_table`` holds every window's latest loss at the start of the epoch (for loss weighting and
+        hard-example mining)."""
         c = self.config
         order = rng.permutation(len(self.train_items))
         if c.step_every == STEP_EVERY_SCENE:
@@ -249,11 +221,11 @@ class Trainer:
             normaliser = float(self.counts[chunk].sum())
             multipliers = np.ones(len(chunk))
             if c.weighting == "loss":
-                multipliers = _loss_multipliers(self.loss_table[chunk])
+                multipliers = _loss_multipliers(loss_table[chunk])
             if c.hard_mining:
                 from rs_pgd.pgd import select_windows
 
-                picked, importance = select_windows(self.loss_table[chunk], c.hard_mining, rng)
+                picked, importance = select_windows(loss_table[chunk], c.hard_mining, rng)
                 if not c.hard_mining_unbiased:
                     importance = np.ones_like(importance)
                 chunk, multipliers = chunk[picked], multipliers[picked] * importance
@@ -261,46 +233,54 @@ class Trainer:
         return groups
 
     def _train_group(self, group: dict, mine: list[int], loader, bar) -> float:
-        """Accumulate the gradients of this rank's windows of one group, then take one optimizer step."""
-        from rs_pgd.pgd import pixel_losses
+        """One PGD step (:func:`rs_pgd.pgd.pgd_step`) over this rank's windows of one group.
 
-        mult = dict(zip(group["items"], group["multipliers"]))
+        ``mine`` lists the loss-table index of every window the loader yields, in order. Across distributed ranks
+        the gradients are summed once, before the optimizer step.
+        """
+        from rs_pgd.pgd import pgd_step
+
         before = self.loss_table[group["items"]].copy()
-        total = 0.0
-        position = 0
-        started = time.perf_counter()
-        for batch in loader:
-            n = batch["image"].shape[0]
-            table_index = np.asarray(mine[position : position + n])
-            position += n
-            image, target, weight = self._to_device(batch)
-            with autocast_context(self.precision, self.device):
-                logits = self.model(image)
-            per_window = pixel_losses(logits, target, weight).flatten(1).sum(1)
-            m = torch.as_tensor([mult[i] for i in table_index], dtype=per_window.dtype, device=per_window.device)
-            loss = (per_window * m).sum() / group["normaliser"]
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"the loss became {loss.item()} at step {self.steps + 1}; lower --lr or use --precision 32 "
-                    f"(the last good checkpoint is kept at {self.output})"
-                )
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
-            total += float(loss.detach())
-            self._update_loss_table(table_index, per_window.detach(), weight)
-            bar.update(n)
-            bar.set_postfix(loss=f"{total:.4f}", win_s=f"{position / (time.perf_counter() - started):.2f}")
+        weights = {int(i): float(m) for i, m in zip(group["items"], group["multipliers"])}
+
+        def show(windows, result):
+            bar.update(windows)
+            bar.set_postfix(loss=f"{result.loss:.4f}")
+
+        try:
+            result = pgd_step(
+                self.model, self.optimizer, self._indexed_batches(loader, mine), group["normaliser"],
+                scaler=self.scaler, autocast_dtype=autocast_dtype(self.precision), device=self.device,
+                window_weights=weights, reduce_gradients=self.dist.sum_gradients if self.dist.enabled else None,
+                on_batch=show,
+            )
+        except NonFiniteLossError as exc:
+            raise TrainingError(f"the loss became {exc.value} at step {self.steps + 1}; lower --lr or use --precision "
+                                f"32 (the last good checkpoint is kept at {self.output})") from None
+        self._update_loss_table(result)
+        total = result.loss
         if self.dist.enabled:
-            self.dist.sum_gradients(self.model)
             total = float(self.dist.sum_array(np.array([total]), self.device)[0])
             self._share_loss_table(group["items"], mine, before)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.dist.broadcast_buffers(self.model)
         return total
+
+    def _indexed_batches(self, loader, mine: list[int]):
+        """The loader's batches on the device, in the model's dtype and memory format, each with the loss-table
+        ``index`` of its windows (the key of the step's window weights)."""
+        position = 0
+        for batch in loader:
+            n = batch["image"].shape[0]
+            batch["index"] = torch.as_tensor(mine[position : position + n])
+            position += n
+            batch["image"] = self._prepare_image(batch["image"])
+            yield batch
+
+    def _prepare_image(self, image):
+        image = image.to(self.device, dtype=self.input_dtype, non_blocking=True)
+        if self.config.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return image
 
     def _share_loss_table(self, group_items, mine, before):
         """After a distributed group, every rank learns the recent losses of every window of the group."""
@@ -315,9 +295,11 @@ class Trainer:
         seen = self.dist.sum_array(seen, self.device)
         self.loss_table[group_items] = np.where(seen > 0, values / np.maximum(seen, 1), before)
 
-    def _update_loss_table(self, table_index, per_window_sum, weight):
-        weights = weight.sum(dim=(1, 2)).clamp_min(1e-12).cpu().numpy()
-        self.loss_table[table_index] = per_window_sum.float().cpu().numpy() / weights
+    def _update_loss_table(self, result) -> None:
+        """Each trained window's latest mean pixel loss (for loss weighting and hard-example mining)."""
+        for index, loss_sum in result.window_losses.items():
+            pixels = max(result.window_pixels[index], np.float32(1e-12))
+            self.loss_table[index] = np.float32(loss_sum) / pixels
 
     def _loader(self, items, augment: bool, seed: int, batch_sampler=None):
         from rs_pgd.dataset import WindowDataset
@@ -334,10 +316,7 @@ class Trainer:
         )
 
     def _to_device(self, batch):
-        image = batch["image"].to(self.device, non_blocking=True)
-        if self.config.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
-        return image, batch["target"].to(self.device), batch["weight"].to(self.device)
+        return self._prepare_image(batch["image"]), batch["target"].to(self.device), batch["weight"].to(self.device)
 
     # -- validation ---------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -360,9 +339,11 @@ class Trainer:
         return result
 
     # -- bookkeeping --------------------------------------------------------------------------------------
-    def _record_epoch(self, epoch: int, train_loss: float, scores: dict | None) -> None:
+    def _record_epoch(self, epoch: int, train_loss: float, scores: dict | None, partial: bool = False) -> None:
         entry = {"epoch": epoch + 1, "steps": self.steps, "train_loss": train_loss,
                  "lr": self.optimizer.param_groups[0]["lr"]}
+        if partial:
+            entry["partial"] = True  # --max-steps stopped the epoch early
         if scores is not None:
             entry.update({"val_miou": scores["miou"], "val_accuracy": scores["accuracy"],
                           "val_majority_miou": scores["majority_miou"],
@@ -375,11 +356,10 @@ class Trainer:
             self._best_pending = True
         else:
             self._best_pending = False
-        if self.config.progress:
-            msg = f"epoch {epoch + 1}: train loss {train_loss:.4f}"
-            if scores is not None:
-                msg += f", val mIoU {scores['miou']:.4f}, accuracy {scores['accuracy']:.4f}"
-            print(msg, flush=True)
+        msg = f"epoch {epoch + 1}{' (stopped by --max-steps)' if partial else ''}: train loss {train_loss:.4f}"
+        if scores is not None:
+            msg += f", val mIoU {scores['miou']:.4f}, accuracy {scores['accuracy']:.4f}"
+        logger.info(msg)
 
     def metadata(self) -> dict:
         """Everything inference needs, and the story of the run, as JSON-ready data."""
@@ -401,39 +381,50 @@ class Trainer:
             "training_scenes": self.scene_meta["scenes"],
             "config": _jsonable(asdict(c)),
             "precision": self.precision,
+            "precision_reason": self.precision_reason,
             "history": self.history,
             "best": self.best,
             "steps": self.steps,
         }
 
-    def _save(self, epoch: int) -> None:
-        if not self.dist.is_main:
-            self.dist.barrier()
-            return
-        try:
-            self._write_checkpoints(epoch)
-        finally:
-            self.dist.barrier()
-
-    def _write_checkpoints(self, epoch: int) -> None:
-        from rs_pgd.models import save_checkpoint
-
+    def _resume_state(self, epoch: int, unfinished: dict | None = None, history=None, best=None) -> dict:
+        """Everything ``--resume`` needs to go on as if never stopped: at the start of ``epoch`` (0-based), or,
+        with ``unfinished``, after its first ``groups_done`` groups (the epoch's plan is rebuilt from the seed and
+        the loss table at the epoch's start). ``history``/``best`` default to the current ones."""
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        meta = self.metadata()
-        if self._best_pending:
-            save_checkpoint(self.output, state, meta)
         resume = {
-            "epoch": epoch + 1,
+            "epoch": epoch,
             "steps": self.steps,
             "model": state,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else {},
             "loss_table": torch.from_numpy(self.loss_table.copy()),
-            "history_json": json.dumps(self.history),
-            "best_json": json.dumps(self.best),
+            "history_json": json.dumps(self.history if history is None else history),
+            "best_json": json.dumps(self.best if history is None else best),
             "config_json": json.dumps(_jsonable(asdict(self.config)), sort_keys=True),
+            "classes_json": json.dumps(self.class_table.to_dict()),
         }
+        if unfinished is not None:
+            resume["groups_done"] = int(unfinished["groups_done"])
+            resume["epoch_losses"] = torch.tensor(unfinished["losses"], dtype=torch.float64)
+            resume["start_loss_table"] = torch.from_numpy(np.asarray(unfinished["start_loss_table"]).copy())
+        return resume
+
+    def _save(self, resume: dict) -> None:
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return
+        try:
+            self._write_checkpoints(resume)
+        finally:
+            self.dist.barrier()
+
+    def _write_checkpoints(self, resume: dict) -> None:
+        from rs_pgd.models import save_checkpoint
+
+        if self._best_pending:
+            save_checkpoint(self.output, resume["model"], self.metadata())
         path = sibling(self.output, ".resume.pt")
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
@@ -458,9 +449,21 @@ class Trainer:
                          and saved.get(k) != now[k])
         if changed:
             raise TrainingError(f"--resume with changed options {changed}; use the options of the first run")
-        self.model.load_state_dict(state["model"])
+        saved_classes = json.loads(state.get("classes_json", "null"))
+        if saved_classes is not None and saved_classes["names"] != list(self.class_table.names):
+            raise TrainingError(f"--resume with other classes: the run began with {saved_classes['names']}, the "
+                                f"labels now give {list(self.class_table.names)}; use the first run's labels")
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError:
+            raise TrainingError(f"the resume state {path} does not fit this model (other classes or bands); use the "
+                                "first run's labels and options, or delete it to start afresh") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # the schedule of this run's --epochs, from where the first run stopped (the stored lr followed the old one)
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * factor
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.loss_table = state["loss_table"].numpy().copy()
@@ -468,21 +471,28 @@ class Trainer:
         self.best = json.loads(state["best_json"])
         self.start_epoch = int(state["epoch"])
         self.steps = int(state["steps"])
-        if self.config.progress:
-            print(f"resuming after epoch {self.start_epoch} ({self.steps} steps)", flush=True)
+        if "groups_done" in state:
+            self.resume_at = {"groups_done": int(state["groups_done"]), "losses": state["epoch_losses"].tolist(),
+                              "start_loss_table": state["start_loss_table"].numpy().copy()}
+            logger.info("resuming in epoch %d after step %d", self.start_epoch + 1, self.steps)
+        else:
+            logger.info("resuming after epoch %d (%d steps)", self.start_epoch, self.steps)
 
 
 # -- set-up helpers ---------------------------------------------------------------------------------------
-def _open_sources(scenes, labels, c: FitConfig):
+def _open_sources(scenes, labels, c: FitConfig, n_train: int):
+    """Readers, label sources and grids of every scene; one class table (by class name) and band statistics
+    over the training scenes (the first ``n_train``)."""
     from rs_pgd.dataset import SceneSource
-    from rs_pgd.labels import _looks_like_raster, open_labels
-    from rs_pgd.raster import SceneReader, compute_band_stats, require_north_up, scene_info
+    from rs_pgd.classes import unify_class_tables
+    from rs_pgd.label_source import ReindexedLabels
+    from rs_pgd.labels import open_labels
+    from rs_pgd.raster import SceneReader, compute_band_stats, merge_band_stats, scene_info
 
-    sources, table, infos = [], None, []
+    sources, tables, infos = [], [], []
     reader0 = None
     for scene_path, label_path in zip(scenes, labels):
-        info = scene_info(scene_path)
-        require_north_up(info, vector_labels=not _looks_like_raster(Path(label_path)))
+        info = scene_info(scene_path)  # checked by preflight_fit (readable, north-up)
         if info.crs is not None and info.crs.is_geographic:
             warnings.warn(f"{Path(scene_path).name} is in a geographic CRS ({info.crs_string}): windows are square "
                           "in pixels, not in metres; fine for training, but reproject it (gdalwarp -t_srs) for "
@@ -493,20 +503,23 @@ def _open_sources(scenes, labels, c: FitConfig):
                              "give scenes with the same bands (see --bands)")
         reader0 = reader0 or reader
         source_labels = open_labels(label_path, info, class_column=c.class_column, mapping=c.mapping,
-                                    layer=c.layer, all_touched=c.all_touched, background=c.background)
-        if table is None:
-            table = source_labels.classes
-        elif source_labels.classes.values != table.values:
-            raise LabelError(f"the classes of {label_path} differ from those of {labels[0]}; "
-                             "give a --mapping so that every scene uses the same classes")
+                                    layer=c.layer, all_touched=c.all_touched, background=c.background,
+                                    unknown_keys="keep" if len(scenes) > 1 else "error")
+        tables.append(source_labels.classes)
         for line in getattr(source_labels, "report", []):
-            if c.progress:
-                print(f"labels: {line}", flush=True)
+            logger.info("labels: %s", line)
         infos.append({"path": str(scene_path), "crs": info.crs_string, "res": list(info.res),
                       "width": info.width, "height": info.height})
         grid = WindowGrid(info.height, info.width, c.tile, c.margin, c.stride, align=32)
         sources.append(SceneSource(reader, source_labels, grid, None))
-    stats = compute_band_stats(reader0, tile=min(512, max(c.tile, 128)), max_windows=c.stats_windows, seed=c.seed)
+    table, luts = unify_class_tables(tables, [str(p) for p in labels])
+    for source, lut in zip(sources, luts):
+        if lut is not None:
+            source.labels = ReindexedLabels(source.labels, lut, table)
+    stats = merge_band_stats([
+        compute_band_stats(s.reader, tile=min(512, max(c.tile, 128)), max_windows=c.stats_windows, seed=c.seed)
+        for s in sources[:n_train]
+    ])
     for s in sources:
         s.stats = stats
     preset = reader0.preset
@@ -523,15 +536,16 @@ def _band_names(reader) -> list[str]:
     return out
 
 
-def _plan_windows(sources, c: FitConfig, n_train: int):
+def _plan_windows(sources, c: FitConfig, n_train: int, class_names=()):
     """Count the scored pixels of every window, drop windows with none, split spatial blocks for validation.
 
     Sources from ``n_train`` on are validation scenes: all their windows validate, and no block of the training
-    scenes is held out.
+    scenes is held out. The split is logged: windows, share of labelled pixels, classes missing on either side.
     """
     from rs_pgd.dataset import window_sample
 
-    items, counts = [], []
+    items, counts, presence = [], [], []
+    k = max(len(class_names), 1)
     for s_index, source in enumerate(sources):
         table = source.grid.weight_table("uniform")
         for window in source.grid:
@@ -540,6 +554,8 @@ def _plan_windows(sources, c: FitConfig, n_train: int):
             if count > 0:
                 items.append((s_index, window.index))
                 counts.append(count)
+                scored = data["target"][data["weight"] > 0]
+                presence.append(np.bincount(scored[scored < k], minlength=k)[:k] > 0)
     if not items:
         raise LabelError("no window has a labelled, valid pixel: the labels do not cover valid scene pixels; "
                          "check the label file and the class column")
@@ -553,60 +569,113 @@ def _plan_windows(sources, c: FitConfig, n_train: int):
         val_mask = _spatial_blocks(items, counts, sources, c.val_fraction, c.seed)
     if val_mask.all():
         raise LabelError("no training window has a labelled, valid pixel; check the label file and the class column")
+    _log_split(val_mask, counts, np.asarray(presence), class_names)
     train = [it for it, v in zip(items, val_mask) if not v]
     val = [it for it, v in zip(items, val_mask) if v]
     return train, val, counts[~val_mask]
 
 
+def _log_split(val_mask, counts, presence, class_names) -> None:
+    """Log the training/validation split and warn about classes that one side lacks."""
+    if not val_mask.any():
+        logger.info("training on %d windows, no validation", int((~val_mask).sum()))
+        return
+    share = counts[val_mask].sum() / counts.sum()
+    logger.info("validation: %d windows (%.1f %% of the labelled pixels), training: %d windows",
+                int(val_mask.sum()), 100 * share, int((~val_mask).sum()))
+    if not class_names:
+        return
+    in_train = presence[~val_mask].any(axis=0)
+    in_val = presence[val_mask].any(axis=0)
+    missing_train = [n for n, t in zip(class_names, in_train) if not t]
+    missing_val = [n for n, v in zip(class_names, in_val) if not v]
+    if missing_train:
+        warnings.warn(f"classes {missing_train} have no labelled pixel in the training windows: the model cannot "
+                      "learn them; add labels or lower --val-fraction", stacklevel=3)
+    if missing_val:
+        logger.info("classes %s are not in the validation windows; their IoU is not measured", missing_val)
+
+
+VAL_OVERSHOOT = 1.25
+"""The held-out share may exceed the asked ``--val-fraction`` by at most this factor (whole blocks are held out)."""
+
+
 def _spatial_blocks(items, counts, sources, fraction, seed):
-    """Mark whole 2x2-tile blocks as validation until ``fraction`` of the labelled pixels is held out."""
+    """Hold out about ``fraction`` of the labelled pixels as spatial blocks.
+
+    Whole 2x2-tile blocks first, in random order, skipping any block that would take the held-out share past
+    ``VAL_OVERSHOOT`` times the asked one; then single windows to top up. At least one window always trains.
+    """
     val = np.zeros(len(items), dtype=bool)
     if fraction <= 0 or len(items) < 2:
         return val
-    blocks = {}
-    for k, (s, w) in enumerate(items):
-        window = sources[s].grid.window(w)
-        blocks.setdefault((s, window.grid_row // 2, window.grid_col // 2), []).append(k)
-    keys = sorted(blocks)
     rng = np.random.default_rng(seed)
     target = fraction * counts.sum()
     held = 0.0
-    for key in (keys[i] for i in rng.permutation(len(keys))):
-        if held >= target:
-            break
-        members = blocks[key]
-        if val.sum() + len(members) >= len(items):
-            continue
-        val[members] = True
-        held += counts[members].sum()
-    if not val.any():
-        # blocks are too coarse for this scene: hold out single windows instead
-        for k in rng.permutation(len(items)):
-            if held >= target or val.sum() + 1 >= len(items):
-                break
-            val[k] = True
-            held += counts[k]
+    for side in (2, 1):
+        blocks = {}
+        for k, (s, w) in enumerate(items):
+            if not val[k]:
+                window = sources[s].grid.window(w)
+                blocks.setdefault((s, window.grid_row // side, window.grid_col // side), []).append(k)
+        keys = sorted(blocks)
+        for key in (keys[i] for i in rng.permutation(len(keys))):
+            if held >= target:
+                return val
+            members = blocks[key]
+            share = counts[members].sum()
+            if held + share > VAL_OVERSHOOT * target or val.sum() + len(members) >= len(items):
+                continue
+            val[members] = True
+            held += share
+    if not val.any():  # every window is larger than the asked share: hold out the smallest one
+        val[int(np.argmin(counts))] = True
     return val
 
 
-def _build(sources, class_table, c: FitConfig, device):
-    from rs_pgd.models import build_model, enable_grad_checkpointing
-
+def _build(sources, class_table, c: FitConfig, device, custom=None):
+    """The model to train (an SMP model, or the caller's own module) and the spec stored in the checkpoint."""
     in_channels = sources[0].reader.count
-    model, output_stride = build_model(c.arch, c.encoder, in_channels, class_table.num_classes,
-                                       encoder_weights=c.encoder_weights, norm=c.norm)
+    if custom is not None:
+        model, output_stride = custom, int(getattr(custom, "output_stride", 32))
+        spec = {"arch": "custom", "module": f"{type(custom).__module__}.{type(custom).__qualname__}",
+                "in_channels": in_channels, "classes": class_table.num_classes, "norm": c.norm}
+    else:
+        from rs_pgd.models import build_model
+
+        model, output_stride = build_model(c.arch, c.encoder, in_channels, class_table.num_classes,
+                                           encoder_weights=c.encoder_weights, norm=c.norm)
+        spec = {"arch": c.arch, "encoder": c.encoder, "in_channels": in_channels,
+                "classes": class_table.num_classes, "norm": c.norm}
     for source in sources:
         if source.grid.align % output_stride:
             raise GridError(f"the {c.encoder} encoder has output stride {output_stride}; give --tile and --margin "
                             f"that are multiples of {output_stride}")
     if c.grad_checkpointing:
+        from rs_pgd.models import enable_grad_checkpointing
+
         enable_grad_checkpointing(model)
     model = model.to(device)
     if c.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    spec = {"arch": c.arch, "encoder": c.encoder, "in_channels": in_channels,
-            "classes": class_table.num_classes, "norm": c.norm}
     return model, spec
+
+
+def _optimizer(model, c: FitConfig):
+    """AdamW (the default) or SGD with momentum, on every parameter, with the configured lr and weight decay."""
+    if c.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+
+
+def _cosine_schedule(epochs: int):
+    """Learning-rate factor of each epoch: cosine decay from 1 to 0 over ``epochs``, in closed form, so that a run
+    resumed with more epochs follows the schedule of the new length from where it stands."""
+
+    def factor(epoch: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))
+
+    return factor
 
 
 def _loss_multipliers(recent: np.ndarray) -> np.ndarray:
@@ -666,4 +735,4 @@ def _plot_curve(history: list, path: Path) -> None:
             tmp.unlink()
 
 
-__all__ = ["fit", "FitConfig", "FitResult", "RsPgdError"]
+__all__ = ["train", "FitConfig", "FitResult", "RsPgdError"]

@@ -5,7 +5,7 @@ masked out) in *scene pixel coordinates*, so polygon vertices are exact integers
 window border may continue in the next window: they are collected per class, unioned with
 :func:`shapely.union_all` and split again into single polygons; the others are kept as they are. The result is
 the same set of polygons a single window covering the whole scene would give. Polygons are then moved to map
-coordinates with the raster's transform, filtered by ``min_area``, optionally simplified, and written with
+coordinates with the raster's transform, filtered by ``min_area``, optionally simplified as one coverage (shared borders move together), and written with
 geopandas/pyogrio in the raster's CRS through :class:`rs_pgd.output.AtomicOutput`.
 
 Memory holds one window of pixels plus the polygons (only those on window borders stay unmerged until the end).
@@ -13,14 +13,14 @@ Memory holds one window of pixels plus the polygons (only those on window border
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from rs_pgd.errors import OutputError, SceneError
+from rs_pgd.classes import class_name, open_class_map, read_class_names
+from rs_pgd.errors import OutputError
 
 DRIVERS = {
     ".gpkg": "GPKG",
@@ -35,70 +35,6 @@ SHAPEFILE_PARTS = (".shx", ".dbf", ".prj", ".cpg")
 """Files that travel with a ``.shp``."""
 
 _SHAPES_DTYPES = ("int16", "int32", "uint8", "uint16", "float32")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Class names of a prediction raster
-
-
-def read_class_names(dataset) -> dict[int, str]:
-    """Class names stored in a prediction raster, ``{value: name}``; empty when it has none.
-
-    Looks, in order, at the ``CLASS_NAMES`` tag of band 1 and of the dataset (a JSON object ``{value: name}``, or
-    a JSON list of names with a ``CLASS_VALUES`` JSON list of the same length, or a plain list indexed by value),
-    then at the GDAL category names of band 1 (``.aux.xml``).
-
-    Parameters
-    ----------
-    dataset : rasterio.io.DatasetReader
-        The open class map.
-    """
-    for tags in (dataset.tags(1), dataset.tags()):
-        names = _names_from_tags(tags)
-        if names:
-            return names
-    from rs_pgd.output import read_category_names
-
-    try:
-        categories = read_category_names(dataset.name)
-    except Exception:  # pragma: no cover - unreadable PAM sidecar
-        categories = []
-    return {v: str(name) for v, name in enumerate(categories) if name}
-
-
-def _names_from_tags(tags: dict) -> dict[int, str]:
-    text = tags.get("CLASS_NAMES")
-    if not text:
-        return {}
-    try:
-        names = json.loads(text)
-        if isinstance(names, dict):
-            return {int(k): str(v) for k, v in names.items()}
-        if isinstance(names, list):
-            values = json.loads(tags["CLASS_VALUES"]) if "CLASS_VALUES" in tags else list(range(len(names)))
-            if len(values) == len(names):
-                return {int(v): str(n) for v, n in zip(values, names)}
-    except (ValueError, TypeError, KeyError):
-        pass
-    return {}
-
-
-def class_name(names: dict[int, str], value: int) -> str:
-    """Name of a class value, ``"class <value>"`` when the raster does not name it."""
-    return names.get(int(value), f"class {int(value)}")
-
-
-def open_prediction(path):
-    """Open a single-band integer class map with rasterio, raising a one-line :class:`SceneError` otherwise."""
-    from rs_pgd.raster import open_scene
-
-    dataset = open_scene(path)
-    if not np.issubdtype(np.dtype(dataset.dtypes[0]), np.integer):
-        dataset.close()
-        raise SceneError(
-            f"{path} holds {dataset.dtypes[0]} pixels, not class values; give the class map written by rs-pgd predict"
-        )
-    return dataset
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -204,11 +140,14 @@ def vectorize(prediction, output, *, min_area: float = 0.0, simplify: float = 0.
         Single-band integer class map (e.g. written by ``rs-pgd predict``); its nodata pixels are skipped.
     output : path-like
         Vector file to write; the format follows the extension (``.gpkg``, ``.geojson``, ``.fgb``, ``.shp``).
+        Polygons are in the class map's CRS, except GeoJSON, which RFC 7946 puts in WGS84 (EPSG:4326).
         Written to a temporary file next to it and renamed when complete.
     min_area : float
         Drop polygons smaller than this, in map units squared (e.g. m²).
     simplify : float
-        Douglas-Peucker tolerance in map units (topology-preserving, per polygon); 0 keeps pixel edges.
+        Tolerance in map units of a coverage simplification (:func:`shapely.coverage_simplify`, Visvalingam-Whyatt:
+        roughly the square root of the largest triangle area removed); neighbours keep sharing their borders, so
+        no gap or overlap opens between them. 0 keeps pixel edges.
     tile : int
         Window side in pixels (bounds memory; the result does not depend on it).
     layer : str, optional
@@ -216,7 +155,7 @@ def vectorize(prediction, output, *, min_area: float = 0.0, simplify: float = 0.
 
     The layer has one single-part polygon per connected region (4-connectivity) with columns ``class_id``
     (the pixel value), ``class_name`` (from the raster's ``CLASS_NAMES`` tag, else ``"class <value>"``) and
-    ``area`` (map units squared, after simplification); ``class_id``/``class_name`` let :func:`rs_pgd.labels.open_labels`
+    ``area`` (in the class map's map units squared, after simplification); ``class_id``/``class_name`` let :func:`rs_pgd.labels.open_labels`
     read the file back as labels.
 
     Returns
@@ -231,15 +170,17 @@ def vectorize(prediction, output, *, min_area: float = 0.0, simplify: float = 0.
         raise OutputError(f"min_area {min_area} and simplify {simplify} must be zero or positive")
     driver = output_driver(output)
     check_output_path(output, inputs=[prediction])
-    with open_prediction(prediction) as dataset:
+    with open_class_map(prediction) as dataset:
         names = read_class_names(dataset)
         crs, transform = dataset.crs, dataset.transform
         by_class = polygonise(dataset, tile=tile)
     frame, dropped = _to_frame(by_class, names, transform, crs, min_area, simplify)
+    if driver == "GeoJSON" and crs is not None:
+        frame = frame.to_crs("EPSG:4326")  # RFC 7946: GeoJSON coordinates are WGS84 longitude, latitude
     target = Path(output)
     with AtomicOutput(target, inputs=[prediction]) as temp:
         _write(frame, temp, target, driver, layer or target.stem)
-    return _summary(frame, target, driver, crs, dropped, tile)
+    return _summary(frame, target, driver, frame.crs, dropped, tile)
 
 
 def _to_frame(by_class, names, transform, crs, min_area, simplify):
@@ -251,14 +192,19 @@ def _to_frame(by_class, names, transform, crs, min_area, simplify):
     for value in sorted(by_class):
         values.extend([value] * len(by_class[value]))
         geometries.extend(by_class[value])
-    geometries = _to_map_coordinates(np.asarray(geometries, dtype=object), transform)
+    geometries = np.asarray(geometries, dtype=object)
+    if simplify > 0 and len(geometries):
+        # a vertex at every pixel corner: neighbours then share identical vertices along their common edges (a
+        # valid coverage), which coverage simplification needs to move shared edges together
+        geometries = shapely.segmentize(geometries, 1.0)
+    geometries = _to_map_coordinates(geometries, transform)
     values = np.asarray(values, dtype=np.int64)
     areas = shapely.area(geometries) if len(geometries) else np.zeros(0)
     keep = areas >= min_area if min_area > 0 else np.ones(len(geometries), dtype=bool)
     dropped = int((~keep).sum())
     geometries, values, areas = geometries[keep], values[keep], areas[keep]
     if simplify > 0 and len(geometries):
-        geometries = shapely.simplify(geometries, simplify, preserve_topology=True)
+        geometries = shapely.coverage_simplify(geometries, simplify)
         areas = shapely.area(geometries)
     frame = gpd.GeoDataFrame(
         {
@@ -291,6 +237,8 @@ def _write(frame, temp: Path, target: Path, driver: str, layer: str) -> None:
         kwargs["layer"] = layer
     if len(frame) == 0:
         kwargs["geometry_type"] = "Polygon"
+    if driver == "GeoJSON" and frame.crs is not None:
+        kwargs["RFC7946"] = "YES"  # right-hand winding, no "crs" member
     try:
         frame.to_file(temp, **kwargs)
         if driver == "ESRI Shapefile":

@@ -176,6 +176,78 @@ if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidia0").exist
                       E, r"CUDA is not available.*--device cpu", "m.safetensors"))
 
 
+# -- issue 14: label rasters, mapping files, evaluate and vectorize -------------------------------------------
+def _wgs84_geojson(path):
+    import geopandas as gpd
+
+    frame = gpd.read_file(path)
+    assert frame.crs.to_epsg() == 4326 and -76 < frame.total_bounds[0] < -74  # RFC 7946 longitude/latitude
+
+
+def _neighbours_share_a_border(path):
+    import geopandas as gpd
+    import shapely
+
+    frame = gpd.read_file(path)
+    water, land = (shapely.union_all(frame[frame["class_id"] == v].geometry.values) for v in (1, 2))
+    assert shapely.length(shapely.intersection(water, land)) >= 0.99 * bad.SIZE * bad.RES  # the whole middle line
+    assert shapely.area(shapely.intersection(water, land)) == 0
+
+
+def evaluate(pred, labels, *extra):
+    return ["evaluate", f"{{in}}/{pred}", f"{{in}}/{labels}", *extra]
+
+
+def _has_pyarrow():
+    return importlib.util.find_spec("pyarrow") is not None
+
+
+CASES += [
+    Case("labels-float-raster-whole-values", info("scene.tif", "labels_float.tif"), OK,
+         r"labels_float.tif \(raster\)[\s\S]*1\s+1\s+4,416 px", None),
+    Case("labels-float-raster-fractions", info("scene.tif", "labels_fraction.tif"), E,
+         r"not whole numbers \(0.5, 1.25, 2.5, \.\.\.\).*integers", None),
+    Case("mapping-empty-object", fit("scene.tif", "labels.gpkg", "m.safetensors", "--mapping", "{in}/mapping_empty.json"),
+         E, r"--mapping.*empty \(\{\}\); map at least one", "m.safetensors"),
+    Case("mapping-boolean-target", fit("scene.tif", "labels.gpkg", "m.safetensors", "--mapping",
+                                       "{in}/mapping_boolean.json"), E, r"target of 'water' is true \(a boolean\)",
+         "m.safetensors"),
+    Case("mapping-fraction-target", fit("scene.tif", "labels.gpkg", "m.safetensors", "--mapping",
+                                        "{in}/mapping_fraction.json"), E, r"target of 'water' is 1.5 \(not an integer\)",
+         "m.safetensors"),
+    Case("mapping-syntax-error", fit("scene.tif", "labels.gpkg", "m.safetensors", "--mapping", "{in}/mapping_syntax.json"),
+         E, r"not a JSON object.*line 3, column 10", "m.safetensors"),
+    Case("mapping-unknown-key", fit("scene.tif", "labels.gpkg", "m.safetensors", "--mapping",
+                                    "{in}/mapping_unknown_key.json"), E,
+         r"keys 'watr' are no class of .*'land', 'water'.*fix or remove", "m.safetensors"),
+    Case("mapping-utf8-bom", evaluate("classes.tif", "labels.gpkg", "--mapping", "{in}/mapping_bom.json"), OK,
+         r"mIoU", None),
+    Case("evaluate-string-classes-by-name", evaluate("classes_named.tif", "tree_water.gpkg"), OK,
+         r"tree\s+2\s+1\.0000[\s\S]*water\s+3\s+1\.0000[\s\S]*accuracy\s+1\.0000", None),
+    Case("evaluate-probabilities", evaluate("probabilities.tif", "labels.gpkg"), E,
+         r"2 bands, not one band of class values.*probability.*predict -o", None),
+    Case("evaluate-tile-0", evaluate("classes.tif", "labels.gpkg", "--tile", "0"), E,
+         r"--tile.*0 is not in the range x>=1", None),
+    Case("vectorize-probabilities", ["vectorize", "{in}/probabilities.tif", "-o", "{out}/p.gpkg"], E,
+         r"2 bands.*probability", "p.gpkg"),
+    Case("vectorize-geojson-wgs84", ["vectorize", "{in}/classes.tif", "-o", "{out}/p.geojson"], OK, r"EPSG:4326",
+         "p.geojson", check=_wgs84_geojson),
+    Case("vectorize-simplify-coverage", ["vectorize", "{in}/classes.tif", "-o", "{out}/p.gpkg", "--simplify", "45"], OK,
+         r"Wrote 2 polygons", "p.gpkg", check=_neighbours_share_a_border),
+    Case("labels-geoparquet", info("scene.tif", "labels.parquet"), OK, r"water .* px", None) if _has_pyarrow() else
+    Case("labels-geoparquet-without-pyarrow", info("scene.tif", "labels.parquet"), E,
+         r"needs pyarrow.*pip install pyarrow", None),
+]
+
+# -- issue 14: training ------------------------------------------------------------------------------------------
+CASES += [
+    Case("fit-one-class-labels", fit("scene.tif", "one_class.gpkg"), E, r"one class only.*--background CLASS",
+         "m.safetensors"),
+    Case("fit-workers-negative", fit("scene.tif", "labels.gpkg", "m.safetensors", "--workers", "-1"), E,
+         r"--workers -1 must be 0 .* or a positive number", "m.safetensors"),
+]
+
+
 def _sentinel_checkpoint(source, target):
     """The same weights, relabelled as trained on the 13 bands of the sentinel2-l2a preset (no training)."""
     import json

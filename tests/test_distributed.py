@@ -8,7 +8,8 @@ import torch
 from conftest import write_demo_crop
 
 OPTIONS = ["--encoder", "resnet18", "--tile", "64", "--margin", "32", "--epochs", "2", "--norm", "frozen",
-           "--precision", "32", "--no-augment", "--workers", "0", "--val-fraction", "0", "--quiet", "--step-every", "7"]
+           "--precision", "32", "--no-augment", "--workers", "0", "--val-fraction", "0", "--quiet", "--step-every", "7",
+           "--optimizer", "sgd", "--lr", "0.005"]
 
 
 @pytest.fixture

@@ -154,15 +154,116 @@ def test_values_outside_the_class_table_count_as_wrong(tmp_path):
     assert "unmatched" in format_table(result)
 
 
-def test_name_conflict_is_warned(tmp_path, demo_labels, demo_label_raster):
+def _relabelled_demo(path, demo_label_raster, names: dict, values=None):
+    """The demo label raster (0 water, 1 land) as a prediction whose values are renumbered and named."""
     with rasterio.open(demo_label_raster) as src:
         array, profile = src.read(1), src.profile
+    if values:
+        array = np.where(array == 255, 255, np.asarray([values[0], values[1]], dtype=np.uint8)[np.minimum(array, 1)])
     profile.update(driver="GTiff")
-    with rasterio.open(tmp_path / "pred.tif", "w", **profile) as dst:
-        dst.write(array, 1)
-        dst.update_tags(1, CLASS_NAMES=json.dumps({"0": "land", "1": "water"}))
-    result = evaluate(tmp_path / "pred.tif", demo_labels)
-    assert len(result["warnings"]) == 2 and "'water'" in result["warnings"][0]
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(array.astype(np.uint8), 1)
+        dst.update_tags(1, CLASS_NAMES=json.dumps({str(k): v for k, v in names.items()}))
+    return path
+
+
+def test_named_classes_match_the_predictions_names_not_their_values(tmp_path, demo_labels, demo_label_raster):
+    same = evaluate(_relabelled_demo(tmp_path / "a.tif", demo_label_raster, {0: "water", 1: "land"}), demo_labels)
+    renumbered = evaluate(
+        _relabelled_demo(tmp_path / "b.tif", demo_label_raster, {7: "water", 3: "land"}, values=(7, 3)), demo_labels
+    )
+    assert same["miou"] >= 0.97 and renumbered["miou"] == same["miou"]
+    by_name = lambda r: {c["name"]: (c["iou"], c["support"]) for c in r["per_class"]}  # noqa: E731
+    assert by_name(renumbered) == by_name(same) and renumbered["warnings"] == []
+    assert {c["name"]: c["value"] for c in renumbered["per_class"]} == {"water": 7, "land": 3}
+    # companion: the same pixels with the names swapped score (almost) nothing, so the names are what counts
+    swapped = evaluate(_relabelled_demo(tmp_path / "c.tif", demo_label_raster, {0: "land", 1: "water"}), demo_labels)
+    assert swapped["miou"] < 0.05
+
+
+def _halves_labels(path, names, column="class"):
+    """Two polygons (left and right half of a 10 x 20 pixel grid at TRANSFORM) with the given classes."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    x0, y0 = TRANSFORM.c, TRANSFORM.f
+    halves = [box(x0, y0 - 100, x0 + 100, y0), box(x0 + 100, y0 - 100, x0 + 200, y0)]
+    gpd.GeoDataFrame({column: list(names)}, geometry=halves, crs=CRS).to_file(path)
+    return path
+
+
+def _model_prediction(path):
+    """A 10 x 20 class map of a model with classes crop=1, tree=2, water=3: left half tree, right half water."""
+    array = np.full((10, 20), 2, dtype=np.uint8)
+    array[:, 10:] = 3
+    return write_class_map(path, array, tags={"CLASS_NAMES": json.dumps(["crop", "tree", "water"]),
+                                              "CLASS_VALUES": json.dumps([1, 2, 3])})
+
+
+def test_string_classes_are_matched_by_the_predictions_names(tmp_path):
+    """A test file with only 'tree' and 'water' once scored tree as value 1 (the model's 'crop')."""
+    labels = _halves_labels(tmp_path / "test.gpkg", ["tree", "water"])
+    result = evaluate(_model_prediction(tmp_path / "pred.tif"), labels)
+    assert result["accuracy"] == 1.0 and result["miou"] == 1.0
+    assert [(c["name"], c["value"], c["support"]) for c in result["per_class"]] == [("tree", 2, 100), ("water", 3, 100)]
+
+
+def test_a_reference_class_the_model_does_not_know_is_wrong_and_warned(tmp_path):
+    labels = _halves_labels(tmp_path / "test.gpkg", ["tree", "swamp"])
+    result = evaluate(_model_prediction(tmp_path / "pred.tif"), labels)
+    assert result["accuracy"] == pytest.approx(0.5)
+    swamp = next(c for c in result["per_class"] if c["name"] == "swamp")
+    assert swamp["recall"] == 0.0 and swamp["value"] not in (1, 2, 3)
+    assert len(result["warnings"]) == 1 and "'swamp'" in result["warnings"][0]
+
+
+def test_cli_mapping_merges_reference_classes_onto_the_predictions_names(tmp_path):
+    from rs_pgd.cli.main import cli
+
+    labels = _halves_labels(tmp_path / "test.gpkg", ["Skov", "Soe"], column="Afgroede")
+    mapping = tmp_path / "groups.json"
+    mapping.write_bytes(b"\xef\xbb\xbf" + json.dumps({"Skov": "tree", "Soe": "water"}).encode())  # with a BOM
+    prediction = _model_prediction(tmp_path / "pred.tif")
+    args = ["evaluate", str(prediction), str(labels), "--class-column", "Afgroede", "--json"]
+    result = CliRunner().invoke(cli, [*args, "--mapping", str(mapping)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["accuracy"] == 1.0
+    unmapped = CliRunner().invoke(cli, args)  # Skov, Soe: named classes the model does not know
+    assert json.loads(unmapped.output)["accuracy"] == 0.0
+
+
+def _probabilities(path, count=2, dtype="uint8", scale=1 / 254):
+    data = np.zeros((count, 10, 20), dtype=dtype)
+    profile = dict(driver="GTiff", width=20, height=10, count=count, dtype=dtype, crs=CRS, transform=TRANSFORM)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if scale is not None:
+            dst.scales = [scale] * count
+        dst.update_tags(CLASS_NAMES=json.dumps(["tree", "water"][:count]))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["two-bands", "scaled-one-band", "float-one-band"])
+def test_probability_rasters_are_refused_as_class_maps(tmp_path, kind):
+    path = {
+        "two-bands": lambda: _probabilities(tmp_path / "p.tif"),
+        "scaled-one-band": lambda: _probabilities(tmp_path / "p.tif", count=1),
+        "float-one-band": lambda: _probabilities(tmp_path / "p.tif", count=1, dtype="float32", scale=None),
+    }[kind]()
+    labels = _halves_labels(tmp_path / "test.gpkg", ["tree", "water"])
+    with pytest.raises(SceneError, match="not .*class values.*rs-pgd predict -o"):
+        evaluate(path, labels)
+
+
+def test_tile_zero_is_refused(tmp_path, flipped_scene):
+    from rs_pgd.cli.main import cli
+    from rs_pgd.errors import GridError
+
+    _, _, labels, prediction = flipped_scene
+    with pytest.raises(GridError, match="at least 1"):
+        evaluate(prediction, labels, tile=0)
+    result = CliRunner().invoke(cli, ["evaluate", str(prediction), str(labels), "--tile", "0"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "--tile" in result.output
 
 
 def test_float_prediction_and_missing_labels_raise(tmp_path, flipped_scene):

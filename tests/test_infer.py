@@ -257,7 +257,7 @@ SEAM_RATIO = 1.02
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """(checkpoint, meta) of a Unet-ResNet34 briefly trained on the demo scene with labels valued 3 and 7."""
-    from rs_pgd.train import fit
+    from rs_pgd import fit
 
     folder = tmp_path_factory.mktemp("trained")
     with rasterio.open(DEMO_LABEL_RASTER) as src:

@@ -18,8 +18,11 @@ from rasterio.features import rasterize
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 from shapely.geometry import LineString, Point, Polygon, box
 
+from rs_pgd.classes import ClassTable, LabelWarning, default_colours
 from rs_pgd.errors import LabelError
-from rs_pgd.labels import ClassTable, LabelWarning, RasterLabels, VectorLabels, default_colours, open_labels
+from rs_pgd.labels import open_labels
+from rs_pgd.raster_labels import RasterLabels
+from rs_pgd.vector_labels import VectorLabels
 
 PARANA = "landsat8_parana/LC08_L1TP_224078_20200518_20200518_01_RT"
 
@@ -626,7 +629,6 @@ def test_label_raster_checks(tmp_path, demo_scene, demo_label_raster):
     scene = scene_of(demo_scene)
     with rasterio.open(demo_label_raster) as src:
         truth = src.read(1)
-        floats = _write_like(tmp_path / "float.tif", src, truth.astype("float32"))
         big = truth.astype("int32")
         big[big == 1] = 1000
         large = _write_like(tmp_path / "large.tif", src, big, nodata=255)
@@ -634,8 +636,6 @@ def test_label_raster_checks(tmp_path, demo_scene, demo_label_raster):
         far = _write_like(
             tmp_path / "far.tif", src, truth, transform=Affine(t.a, 0, t.c + 5000 * t.a, 0, t.e, t.f)
         )
-    with pytest.raises(LabelError, match="not integer"):
-        open_labels(floats, scene)
     with pytest.raises(LabelError, match="1000.*outside 0..254.*mapping"):
         open_labels(large, scene)
     mapped = open_labels(large, scene, mapping={0: "water", 1000: "land"})
@@ -643,6 +643,37 @@ def test_label_raster_checks(tmp_path, demo_scene, demo_label_raster):
     assert mapped.pixel_counts() == {1: int((truth == 1).sum()), 2: int((truth == 0).sum())}
     with pytest.raises(LabelError, match="do not overlap the scene"):
         open_labels(far, scene)
+
+
+@pytest.mark.parametrize("unlabelled", ["nodata 255", "NaN, no nodata tag", "nodata -9999", "NaN nodata"])
+def test_float_label_rasters_with_whole_values_read_like_integer_ones(tmp_path, demo_scene, demo_label_raster,
+                                                                      unlabelled):
+    """GRASS, QGIS, R and numpy pipelines write float32 class maps; NaN and nodata are unlabelled."""
+    scene = scene_of(demo_scene)
+    with rasterio.open(demo_label_raster) as src:
+        truth = src.read(1)  # 0 water, 1 land, 255 nodata
+        floats = truth.astype("float64")
+        fill, nodata = {"nodata 255": (255, 255), "NaN, no nodata tag": (np.nan, None),
+                        "nodata -9999": (-9999, -9999), "NaN nodata": (np.nan, np.nan)}[unlabelled]
+        floats[truth == 255] = fill
+        path = _write_like(tmp_path / "float.tif", src, floats.astype("float32"), nodata=nodata)
+    reference = open_labels(demo_label_raster, scene)
+    labels = open_labels(path, scene)
+    assert labels.classes.values == reference.classes.values == (0, 1)
+    full = (0, 0, scene.height, scene.width)
+    np.testing.assert_array_equal(labels.read_values(full), reference.read_values(full))
+    assert labels.pixel_counts() == {0: int((truth == 0).sum()), 1: int((truth == 1).sum())}
+
+
+def test_float_label_raster_with_fractions_is_refused_naming_them(tmp_path, demo_scene, demo_label_raster):
+    scene = scene_of(demo_scene)
+    with rasterio.open(demo_label_raster) as src:
+        floats = src.read(1).astype("float32")
+        floats[10, 10:13] = [0.25, 1.5, 2.75]  # e.g. a probability or a resampled class map
+        path = _write_like(tmp_path / "float.tif", src, floats)
+    with pytest.raises(LabelError, match=r"not whole numbers \(0.25, 1.5, 2.75, \.\.\.\).*integers") as error:
+        open_labels(path, scene)
+    assert "\n" not in str(error.value)
 
 
 def test_dfc_patch_without_georeferencing_is_the_same_grid(shared_data):
@@ -690,3 +721,21 @@ def test_warped_label_raster_without_nodata_leaves_outside_pixels_unlabelled(
     expected = np.full_like(truth, 255)
     expected[100:300, 100:300] = truth[100:300, 100:300]
     np.testing.assert_array_equal(labels.read_values((0, 0, scene.height, scene.width)), expected)
+
+
+def test_geoparquet_without_pyarrow_says_to_install_it(tmp_path, monkeypatch):
+    """The file is fine; the missing package is the problem, and the message says so."""
+    import sys
+
+    gdf = gpd.GeoDataFrame({"class": ["water"]}, geometry=[box(0, 0, 10, 10)], crs="EPSG:32618")
+    path = tmp_path / "labels.parquet"
+    try:
+        gdf.to_parquet(path)
+    except ImportError:
+        path.write_bytes(b"PAR1")  # without pyarrow no real file can be written; the reader never gets to it
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    scene = Scene(width=10, height=10, crs=CRS.from_epsg(32618), transform=Affine(1, 0, 0, 0, -1, 10))
+    with pytest.raises(LabelError, match=r"needs pyarrow.*pip install pyarrow") as error:
+        open_labels(path, scene)
+    assert "check it is a GeoParquet file" not in str(error.value)

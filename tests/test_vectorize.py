@@ -12,8 +12,9 @@ from click.testing import CliRunner
 from rasterio.features import rasterize
 
 from rs_pgd import vectorization as vectorize_module
+from rs_pgd.classes import read_class_names
 from rs_pgd.errors import OutputError, SceneError
-from rs_pgd.vectorization import read_class_names, vectorize
+from rs_pgd.vectorization import vectorize
 
 CRS = "EPSG:32618"
 TRANSFORM = Affine(30.0, 0.0, 500000.0, 0.0, -30.0, 4000000.0)
@@ -157,6 +158,56 @@ def test_min_area_drops_small_polygons(tmp_path, demo_label_raster):
     assert (big.geometry.area >= min_area).all()
 
 
+def _neighbours(geometries):
+    """Index pairs of polygons that share a border of positive length."""
+    import shapely
+
+    tree = shapely.STRtree(geometries)
+    pairs = set()
+    for i, j in zip(*tree.query(geometries, predicate="intersects")):
+        if i < j and shapely.length(shapely.intersection(geometries[i], geometries[j])) > 0:
+            pairs.add((int(i), int(j)))
+    return pairs
+
+
+def _gaps_and_overlaps(geometries, reference):
+    """Area inside the reference coverage's union covered by no polygon, and area covered twice."""
+    import shapely
+
+    union = shapely.union_all(geometries)
+    holes = shapely.area(shapely.difference(shapely.union_all(reference), union))
+    overlap = float(shapely.area(geometries).sum() - shapely.area(union))
+    return float(holes), overlap
+
+
+def test_simplify_keeps_neighbours_sharing_their_borders(tmp_path):
+    """Coverage simplification: shared borders move together, so no gap or overlap opens between neighbours."""
+    import shapely
+
+    rows, cols = np.mgrid[:48, :48]
+    array = np.where(rows + 0.6 * cols < 30, 1, 3).astype(np.uint8)  # staircase borders simplification can cut
+    array[(rows - 30) ** 2 + (cols - 28) ** 2 < 120] = 2
+    array[(rows - 12) ** 2 + (cols - 36) ** 2 < 30] = 1
+    raster = write_class_map(tmp_path / "pred.tif", array)
+    vectorize(raster, tmp_path / "raw.gpkg", tile=16)
+    vectorize(raster, tmp_path / "simple.gpkg", tile=16, simplify=45.0)
+    raw = gpd.read_file(tmp_path / "raw.gpkg")
+    simple = gpd.read_file(tmp_path / "simple.gpkg")
+    assert list(simple["class_id"]) == list(raw["class_id"])  # one simplified polygon per polygon, same order
+    raw_geoms, simple_geoms = np.asarray(raw.geometry.values), np.asarray(simple.geometry.values)
+    assert shapely.get_num_coordinates(simple_geoms).sum() < 0.8 * shapely.get_num_coordinates(raw_geoms).sum()
+    assert shapely.is_valid(simple_geoms).all() and shapely.coverage_is_valid(simple_geoms)
+    assert _neighbours(simple_geoms) >= _neighbours(raw_geoms)
+    gaps, overlaps = _gaps_and_overlaps(simple_geoms, simple_geoms)
+    assert overlaps == pytest.approx(0, abs=1e-3)
+    interior = shapely.buffer(shapely.union_all(raw_geoms), -60.0)  # two pixels in from the outer boundary
+    assert shapely.area(shapely.difference(interior, shapely.union_all(simple_geoms))) == pytest.approx(0, abs=1e-3)
+    # companion: simplifying polygon by polygon (the 0.1.0 way) opens gaps and overlaps between neighbours
+    each = shapely.simplify(raw_geoms, 45.0, preserve_topology=True)
+    assert shapely.area(shapely.difference(interior, shapely.union_all(each))) > 100.0
+    assert _gaps_and_overlaps(each, each)[1] > 100.0
+
+
 def test_simplify_reduces_vertices_and_stays_valid(tmp_path, demo_label_raster):
     vectorize(demo_label_raster, tmp_path / "raw.gpkg", tile=256)
     vectorize(demo_label_raster, tmp_path / "simple.gpkg", tile=256, simplify=300.0)
@@ -191,7 +242,7 @@ def test_class_names_are_carried(tmp_path, tags):
 
 
 def test_names_from_the_class_writer_of_rs_pgd_output(tmp_path):
-    from rs_pgd.labels import ClassTable
+    from rs_pgd.classes import ClassTable
     from rs_pgd.output import StreamingClassWriter
 
     array = np.zeros((32, 32), dtype=np.uint8)
@@ -212,10 +263,27 @@ def test_other_formats_by_extension(tmp_path, suffix):
     summary = vectorize(raster, tmp_path / f"out{suffix}", tile=7)
     frame = gpd.read_file(tmp_path / f"out{suffix}")
     assert len(frame) == summary["polygons"]
+    if suffix == ".geojson":  # RFC 7946: WGS84 longitude/latitude
+        assert frame.crs.to_epsg() == 4326 and summary["crs"] == "EPSG:4326"
+        assert frame.total_bounds[0] == pytest.approx(-75, abs=1) and frame.total_bounds[1] == pytest.approx(36, abs=1)
+        frame = frame.to_crs(CRS)
     assert frame.crs.to_epsg() == 32618
     assert np.array_equal(rasterise_back(frame, array.shape, TRANSFORM), array)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_probability_raster_is_refused_in_one_line(tmp_path):
+    from rs_pgd.cli.main import cli
+
+    data = np.zeros((2, 8, 8), dtype=np.uint8)
+    with rasterio.open(tmp_path / "proba.tif", "w", driver="GTiff", width=8, height=8, count=2, dtype="uint8",
+                       crs=CRS, transform=TRANSFORM) as dst:
+        dst.write(data)
+    result = CliRunner().invoke(cli, ["vectorize", str(tmp_path / "proba.tif"), "-o", str(tmp_path / "p.gpkg")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "2 bands" in result.output and "probability" in result.output
+    assert not (tmp_path / "p.gpkg").exists()
 
 
 def test_unknown_extension_and_float_raster_are_refused(tmp_path):

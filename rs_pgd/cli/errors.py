@@ -21,6 +21,34 @@ def _one_line(message) -> str:
     return " ".join(str(message).split())
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is at each record (click's test runner swaps it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Send the library's log lines (``rs_pgd.*`` loggers) to stderr as plain lines.
+
+    INFO by default (what was chosen and why, epoch summaries), DEBUG with ``-v``, WARNING with ``-q``.
+    """
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logger = logging.getLogger("rs_pgd")
+    if not any(getattr(h, "_rs_pgd", False) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._rs_pgd = True
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"Warning: {_one_line(message)}", err=True)
 
@@ -29,9 +57,6 @@ class ErrorHandlingGroup(click.Group):
     """A click group that reports :class:`RsPgdError` (and common OS errors on inputs) in one line, exit 2."""
 
     def invoke(self, ctx):
-        from rs_pgd.raster import limit_gdal_cache
-
-        limit_gdal_cache()  # before the first read: GDAL reads the cap once per process
         if not os.environ.get("RS_PGD_DEBUG"):
             warnings.showwarning = _show_warning
             # GDAL's own "ERROR 1: ..." lines (printed outside rasterio's handler, e.g. on a full disk) would break
@@ -39,8 +64,11 @@ class ErrorHandlingGroup(click.Group):
             os.environ.setdefault("CPL_LOG", os.devnull)
             # rasterio logs GDAL errors; without a handler Python prints them raw to stderr
             logging.getLogger("rasterio").addHandler(logging.NullHandler())
+        from rs_pgd.raster import gdal_env
+
         try:
-            return super().invoke(ctx)
+            with gdal_env():  # before the first read: GDAL's block cache capped for every command
+                return super().invoke(ctx)
         except click.exceptions.NoArgsIsHelpError:
             raise
         except click.UsageError as exc:

@@ -10,24 +10,26 @@ from rs_pgd.cli import options
 @click.argument("labels", type=options.existing_file)
 @options.class_column_opt
 @options.layer_opt
+@options.mapping_opt
 @click.option("--all-touched", is_flag=True, help="Rasterise every pixel a label geometry touches.")
 @click.option("--background", default=None, metavar="CLASS",
               help="Score pixels outside every label polygon as this class (default: they are ignored).")
 @options.json_opt
 @click.option("--confusion-png", default=None, metavar="PNG", type=click.Path(dir_okay=False),
               help="Also draw the row-normalised confusion matrix into this PNG.")
-@click.option("--tile", type=int, default=1024, show_default=True, help="Window side in pixels (memory bound only).")
-def evaluate(prediction, labels, class_column, layer, all_touched, background, as_json, confusion_png, tile):
+@click.option("--tile", type=click.IntRange(min=1), default=1024, show_default=True, help="Window side in pixels (memory bound only).")
+def evaluate(prediction, labels, class_column, layer, mapping, all_touched, background, as_json, confusion_png, tile):
     """Score the class map PRED (from rs-pgd predict) against LABELS (vector or raster).
 
-    Pixels without a label are ignored; labelled pixels where PRED is nodata are reported as unscored.
+    Pixels without a label are ignored; labelled pixels where PRED is nodata are reported as unscored. Named
+    classes are matched to PRED's class names (as written by predict), numbered ones by value.
     """
     from rs_pgd.evaluation import confusion_png as draw_confusion
     from rs_pgd.evaluation import evaluate as run_evaluate
     from rs_pgd.evaluation import format_table, to_json
 
-    result = run_evaluate(prediction, labels, class_column=class_column, layer=layer, all_touched=all_touched,
-                          background=background, tile=tile)
+    result = run_evaluate(prediction, labels, class_column=class_column, layer=layer, mapping=mapping,
+                          all_touched=all_touched, background=background, tile=tile)
     if confusion_png:
         draw_confusion(result, confusion_png)
     click.echo(to_json(result) if as_json else format_table(result))

@@ -2,6 +2,7 @@
 
 import click
 
+from rs_pgd import defaults
 from rs_pgd.cli import options
 
 
@@ -17,24 +18,6 @@ def _step_every(ctx, param, value):
     return number
 
 
-def _mapping(ctx, param, value):
-    if value is None:
-        return None
-    import json
-    from pathlib import Path
-
-    path = Path(value)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise click.BadParameter(f"{value} does not exist; give a JSON file mapping source classes to classes") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise click.BadParameter(f"{value} is not a JSON object of source class -> class ({exc.__class__.__name__})") from None
-    if not isinstance(data, dict):
-        raise click.BadParameter(f"{value} must hold a JSON object such as {{\"Vinterhvede\": \"cereal\"}}")
-    return data
-
-
 @click.command(short_help="Train a segmentation model on a scene and its labels (PGD).")
 @click.argument("scene", type=options.existing_file)
 @click.argument("labels", type=options.existing_file)
@@ -44,71 +27,72 @@ def _mapping(ctx, param, value):
               help="Another scene and its labels to train on (repeatable).")
 @options.class_column_opt
 @options.layer_opt
-@click.option("--mapping", callback=_mapping, default=None, metavar="JSON",
-              help="JSON file mapping source class values/names to training classes (merge or rename classes).")
+@options.mapping_opt
 @click.option("--background", default=None, metavar="CLASS",
               help="Burn this class wherever no label polygon lies (default: such pixels are ignored).")
 @click.option("--all-touched", is_flag=True, help="Rasterise every pixel a label geometry touches.")
 @options.bands_opt
 @options.preset_opt
-@click.option("--arch", default="Unet", show_default=True, help="Any SMP architecture (Unet, UnetPlusPlus, FPN, DeepLabV3Plus, ...).")
-@click.option("--encoder", default="resnet34", show_default=True, help="Any SMP encoder (resnet18, resnet34, efficientnet-b0, ...).")
+@click.option("--arch", default=defaults.ARCH, show_default=True, help="Any SMP architecture (Unet, UnetPlusPlus, FPN, DeepLabV3Plus, ...).")
+@click.option("--encoder", default=defaults.ENCODER, show_default=True, help="Any SMP encoder (resnet18, resnet34, efficientnet-b0, ...).")
 @click.option("--encoder-weights", default=None, type=click.Path(dir_okay=False), metavar="PATH",
               help="Local encoder weights file (.pth/.safetensors). Nothing is ever downloaded.")
-@click.option("--tile", type=int, default=256, show_default=True, help="Centre tile size in pixels (multiple of 32).")
-@click.option("--margin", type=int, default=64, show_default=True, help="Context margin around each tile (multiple of 32).")
+@click.option("--tile", type=int, default=defaults.TILE, show_default=True, help="Centre tile size in pixels (multiple of 32).")
+@click.option("--margin", type=int, default=defaults.MARGIN, show_default=True, help="Context margin around each tile (multiple of 32).")
 @options.stride_opt
-@click.option("--batch-size", type=int, default=4, show_default=True, help="Windows per forward/backward pass.")
-@click.option("--epochs", type=int, default=40, show_default=True, help="Passes over the scene(s).")
+@click.option("--batch-size", type=int, default=defaults.BATCH_SIZE, show_default=True, help="Windows per forward/backward pass.")
+@click.option("--epochs", type=int, default=defaults.EPOCHS, show_default=True, help="Passes over the scene(s).")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate (AdamW, cosine schedule).")
-@click.option("--step-every", callback=_step_every, default="scene", show_default=True,
+@click.option("--lr", type=float, default=defaults.LR, show_default=True, help="Learning rate (cosine schedule).")
+@click.option("--optimizer", type=click.Choice(defaults.OPTIMIZERS), default=defaults.OPTIMIZER, show_default=True,
+              help="AdamW, or SGD with momentum 0.9.")
+@click.option("--step-every", callback=_step_every, default=defaults.STEP_EVERY, show_default=True,
               help="One optimizer step per pass over the scene ('scene', PGD) or every N windows.")
-@click.option("--weighting", type=click.Choice(["uniform", "position", "loss"]), default="uniform", show_default=True,
+@click.option("--weighting", type=click.Choice(defaults.WEIGHTINGS), default=defaults.WEIGHTING, show_default=True,
               help="How windows and overlapping centres are weighted in the aggregated gradient.")
 @click.option("--hard-mining", type=float, default=None, metavar="FRACTION",
               help="Train each step on this fraction of windows, sampled by recent loss (importance-weighted).")
-@click.option("--norm", type=click.Choice(["batch", "frozen", "group"]), default="batch", show_default=True,
+@click.option("--norm", type=click.Choice(defaults.NORMS), default=defaults.NORM, show_default=True,
               help="BatchNorm policy: batch statistics, frozen (eval statistics: exact PGD), or GroupNorm.")
-@click.option("--precision", type=click.Choice(["auto", "32", "bf16", "16-mixed"]), default="auto", show_default=True,
-              help="Numeric precision (auto: bf16 autocast).")
+@click.option("--precision", type=click.Choice(defaults.PRECISIONS), default=defaults.PRECISION, show_default=True,
+              help="Numeric precision (auto: bf16 where the CPU/GPU runs it natively, else float32 or fp16).")
 @click.option("--grad-checkpointing", is_flag=True, help="Recompute activations in backward to save memory.")
 @click.option("--no-augment", is_flag=True, help="Turn off the random flips/rotations (D4).")
 @options.workers_opt
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (runs are reproducible on CPU).")
+@click.option("--seed", type=int, default=defaults.SEED, show_default=True, help="Random seed (runs are reproducible on CPU).")
 @options.device_opt
-@click.option("--val-fraction", type=float, default=0.2, show_default=True,
+@click.option("--val-fraction", type=float, default=defaults.VAL_FRACTION, show_default=True,
               help="Share of labelled pixels held out as spatial blocks for validation (0 to turn off).")
 @click.option("--val", "val_pair", nargs=2, default=None, metavar="SCENE LABELS",
               help="Validate on this separate scene and its labels instead of held-out blocks.")
 @click.option("--log-json", type=click.Path(dir_okay=False), default=None, help="Append one JSON line per optimizer step to this file.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch.")
-@click.option("--quiet", is_flag=True, help="No progress bar or epoch lines.")
+@click.option("--quiet", is_flag=True, help="No progress bar or epoch lines (as the global -q).")
 def fit(scene, labels, output, extra, class_column, layer, mapping, background, all_touched, bands, preset, arch,
-        encoder, encoder_weights, tile, margin, stride, batch_size, epochs, max_steps, lr, step_every, weighting,
+        encoder, encoder_weights, tile, margin, stride, batch_size, epochs, max_steps, lr, optimizer, step_every, weighting,
         hard_mining, norm, precision, grad_checkpointing, no_augment, workers, seed, device, val_fraction,
         val_pair, log_json, resume, quiet):
     """Train a segmentation model on SCENE with LABELS (vector file or label raster) and write a checkpoint."""
-    from rs_pgd.config import preflight_fit
+    import rs_pgd
 
+    if quiet:
+        from rs_pgd.cli.errors import configure_logging
+
+        configure_logging(quiet=True)
     scenes = [scene, *(pair[0] for pair in extra)]
     label_files = [labels, *(pair[1] for pair in extra)]
     settings = dict(
         class_column=class_column, layer=layer, mapping=mapping, background=background, all_touched=all_touched,
         bands=bands, preset=preset, arch=arch, encoder=encoder, encoder_weights=encoder_weights, tile=tile,
-        margin=margin, stride=stride, batch_size=batch_size, epochs=epochs, max_steps=max_steps, lr=lr,
+        margin=margin, stride=stride, batch_size=batch_size, epochs=epochs, max_steps=max_steps, lr=lr, optimizer=optimizer,
         step_every=step_every, weighting=weighting, hard_mining=hard_mining, norm=norm, precision=precision,
         grad_checkpointing=grad_checkpointing, augment=not no_augment, workers=workers, seed=seed, device=device,
         val_fraction=val_fraction, val_scene=val_pair[0] if val_pair else None,
         val_labels=val_pair[1] if val_pair else None, log_json=log_json, progress=not quiet,
     )
-    preflight_fit(scenes, label_files, output, settings)  # refuses bad input before torch is imported
-
-    import rs_pgd
-
     result = rs_pgd.fit(scenes, label_files, output, resume=resume, **settings)
     best = result.best or {}
-    summary = f"wrote {result.checkpoint} after {result.steps} steps"
+    summary = f"wrote {result.checkpoint} after {result.steps} step{'s' if result.steps != 1 else ''}"
     if best.get("val_miou") is not None:
         summary += f" (best val mIoU {best['val_miou']:.4f} at epoch {best['epoch']})"
     click.echo(summary)

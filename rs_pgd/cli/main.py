@@ -8,7 +8,7 @@ import click
 
 from rs_pgd import __version__
 from rs_pgd.cli.demo import demo
-from rs_pgd.cli.errors import ErrorHandlingGroup
+from rs_pgd.cli.errors import ErrorHandlingGroup, configure_logging
 from rs_pgd.cli.evaluate import evaluate
 from rs_pgd.cli.export import export
 from rs_pgd.cli.fit import fit
@@ -19,8 +19,11 @@ from rs_pgd.cli.vectorize import vectorize
 
 @click.group(cls=ErrorHandlingGroup, name="pgd", context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="rs-pgd")
-def cli():
+@click.option("-v", "--verbose", count=True, help="More log lines (-v: debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def cli(verbose, quiet):
     """Train and run segmentation on huge georeferenced rasters, window by window (Patch Gradient Descent)."""
+    configure_logging(verbose, quiet)
 
 
 for _command in (info, fit, predict, evaluate, vectorize, export, demo):

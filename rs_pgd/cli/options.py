@@ -14,6 +14,18 @@ def _parse_bands(ctx, param, value):
         raise click.BadParameter(str(exc)) from None
 
 
+def _read_mapping(ctx, param, value):
+    if value is None:
+        return None
+    from rs_pgd.classes import read_mapping
+    from rs_pgd.errors import LabelError
+
+    try:
+        return read_mapping(value)
+    except LabelError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 existing_file = click.Path(exists=False, dir_okay=False)
 
 bands_opt = click.option(
@@ -38,3 +50,7 @@ device_opt = click.option(
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
 workers_opt = click.option("--workers", type=int, default=None, help="Data-loading worker processes (default: auto).")
 output_opt = click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output file.")
+mapping_opt = click.option(
+    "--mapping", callback=_read_mapping, default=None, metavar="JSON",
+    help="JSON file mapping source class values/names to classes (merge or rename classes; null drops one).",
+)

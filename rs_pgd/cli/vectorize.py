@@ -17,7 +17,10 @@ from rs_pgd.cli import options
 @click.option("--layer", default=None, metavar="NAME", help="Layer name in the output GeoPackage (default: file name).")
 @options.json_opt
 def vectorize(prediction, output, min_area, simplify, tile, layer, as_json):
-    """Write the polygons of the class map PRED to OUTPUT, in PRED's CRS; the format follows the extension."""
+    """Write the polygons of the class map PRED to OUTPUT; the format follows the extension.
+
+    Polygons are in PRED's CRS, except GeoJSON (.geojson, .json), which is written in WGS84 as RFC 7946 asks.
+    """
     import json
 
     from rs_pgd.vectorization import format_summary

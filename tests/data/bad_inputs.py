@@ -356,8 +356,104 @@ def write_all(folder) -> list[Path]:
     paths = [make(folder) for make in makers]
     paths += [band_scene(folder, n) for n in (1, 13)]
     paths += [dtype_scene(folder, d) for d in ("uint16", "int16", "float32")]
+    paths += write_label_findings(folder)
+    paths += write_fit_findings(folder)
     (folder / "README.json").write_text(json.dumps([p.name for p in paths], indent=1))
     return paths
+
+
+# -- issue 14: label rasters, mapping files, evaluate and vectorize inputs --------------------------------------
+def float_label_raster(folder, fractional=False) -> Path:
+    """The label raster as float32, NaN where unlabelled (GRASS/QGIS/R style); optionally with fractions."""
+    values = np.where(np.arange(SIZE)[None, :] < SIZE // 2, 1.0, 2.0).astype("float32")
+    values = np.broadcast_to(values, (SIZE, SIZE)).copy()
+    values[:4] = np.nan
+    if fractional:
+        values[10, 10:13] = [0.5, 1.25, 2.5]
+    path = Path(folder) / ("labels_fraction.tif" if fractional else "labels_float.tif")
+    with rasterio.open(path, "w", driver="GTiff", width=SIZE, height=SIZE, count=1, dtype="float32", crs=UTM,
+                       transform=TRANSFORM) as dst:
+        dst.write(values, 1)
+    return path
+
+
+MAPPING_FILES = {
+    "mapping_empty.json": "{}",
+    "mapping_boolean.json": '{"water": true, "land": "land"}',
+    "mapping_fraction.json": '{"water": 1.5, "land": 2}',
+    "mapping_syntax.json": '{\n  "water": "water",\n  "land" "land"\n}\n',
+    "mapping_unknown_key.json": '{"watr": "water", "land": "land"}',
+}
+
+
+def mapping_files(folder) -> list[Path]:
+    """Mapping files with the mistakes of finding 10, and a good one saved with a UTF-8 byte-order mark."""
+    paths = []
+    for name, text in MAPPING_FILES.items():
+        paths.append(Path(folder) / name)
+        paths[-1].write_text(text, encoding="utf-8")
+    paths.append(Path(folder) / "mapping_bom.json")
+    paths[-1].write_bytes(b"\xef\xbb\xbf" + json.dumps({"water": "water", "land": "land"}).encode("utf-8"))
+    return paths
+
+
+def named_class_map(folder) -> Path:
+    """A class map as predict writes it for a model with classes crop=1, tree=2, water=3: left tree, right water."""
+    values = np.where(np.arange(SIZE)[None, :] < SIZE // 2, 2, 3).astype("uint8")
+    path = Path(folder) / "classes_named.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=SIZE, height=SIZE, count=1, dtype="uint8", nodata=255,
+                       crs=UTM, transform=TRANSFORM) as dst:
+        dst.write(np.broadcast_to(values, (SIZE, SIZE)), 1)
+        dst.update_tags(1, CLASS_NAMES=json.dumps(["crop", "tree", "water"]), CLASS_VALUES=json.dumps([1, 2, 3]))
+    return path
+
+
+def tree_water_labels(folder) -> Path:
+    """Test labels holding only two of the model's classes, 'tree' and 'water' (finding 3)."""
+    return write_labels(Path(folder) / "tree_water.gpkg", _halves(), {"class": ["tree", "water"]})
+
+
+def probability_raster(folder) -> Path:
+    """What predict --probabilities writes: one scaled uint8 band per class."""
+    path = Path(folder) / "probabilities.tif"
+    data = np.full((2, SIZE, SIZE), 127, dtype="uint8")
+    with rasterio.open(path, "w", driver="GTiff", width=SIZE, height=SIZE, count=2, dtype="uint8", nodata=255,
+                       crs=UTM, transform=TRANSFORM) as dst:
+        dst.write(data)
+        dst.scales = [1 / 254] * 2
+        dst.update_tags(CLASS_NAMES=json.dumps(["water", "land"]))
+    return path
+
+
+def geoparquet_labels(folder) -> Path:
+    """The good labels as GeoParquet; without pyarrow only the file's magic bytes can be written."""
+    import geopandas as gpd
+
+    path = Path(folder) / "labels.parquet"
+    try:
+        gpd.GeoDataFrame({"class": ["water", "land"]}, geometry=_halves(), crs="EPSG:32618").to_parquet(path)
+    except ImportError:
+        path.write_bytes(b"PAR1")
+    return path
+
+
+def write_label_findings(folder) -> list[Path]:
+    """Every input of the issue-14 label, mapping, evaluate and vectorize cases."""
+    folder = Path(folder)
+    return [float_label_raster(folder), float_label_raster(folder, fractional=True), *mapping_files(folder),
+            named_class_map(folder), tree_water_labels(folder), probability_raster(folder),
+            geoparquet_labels(folder)]
+
+
+# -- issue 14: training findings -----------------------------------------------------------------------------------
+def one_class_labels(folder) -> Path:
+    """Only the polygons of the thing of interest: one class, no background."""
+    return write_labels(Path(folder) / "one_class.gpkg", _halves()[:1], {"class": ["building"]})
+
+
+def write_fit_findings(folder) -> list[Path]:
+    """Every input of the issue-14 training cases."""
+    return [one_class_labels(Path(folder))]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,28 @@
+"""Default values of the training options, defined once.
+
+:class:`rs_pgd.config.FitConfig` takes its defaults from here and the CLI shows these same values. Plain constants:
+importing this module imports nothing else (``rio`` imports every plugin's options at start-up).
+"""
+
+ARCH = "Unet"
+ENCODER = "resnet34"
+TILE = 256
+MARGIN = 64
+BATCH_SIZE = 4
+EPOCHS = 40
+LR = 1e-3
+WEIGHT_DECAY = 1e-4
+OPTIMIZER = "adamw"
+OPTIMIZERS = ("adamw", "sgd")
+MOMENTUM = 0.9
+STEP_EVERY = "scene"
+WEIGHTING = "uniform"
+WEIGHTINGS = ("uniform", "position", "loss")
+NORM = "batch"
+NORMS = ("frozen", "batch", "group")
+PRECISION = "auto"
+PRECISIONS = ("auto", "32", "bf16", "16-mixed")
+VAL_FRACTION = 0.2
+SEED = 0
+DEVICE = "auto"
+STATS_WINDOWS = 64
