@@ -6,7 +6,7 @@ The heavy entry points are loaded on first use.
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "fit", "predict", "evaluate", "vectorize", "scene_info"]
+__all__ = ["__version__", "fit", "predict", "evaluate", "vectorize", "export", "scene_info"]
 
 
 def __getattr__(name):
@@ -26,6 +26,10 @@ def __getattr__(name):
         from rs_pgd.vectorization import vectorize
 
         return vectorize
+    if name == "export":
+        from rs_pgd.onnx_export import export
+
+        return export
     if name == "scene_info":
         from rs_pgd.raster import scene_info
 

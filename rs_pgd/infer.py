@@ -4,16 +4,21 @@ Windows are read row by row of the grid (the same geometry as training: centre t
 padding at scene edges, origins aligned to the model's output stride), run through the model, and stitched by
 :class:`rs_pgd.stitch.RowStitcher`, which holds only the rows in flight. Finished rows go straight into the
 output file, so memory is bounded by the scene width times the window height, not by the scene.
+
+The window loop is shared by two runtimes, each a :class:`Backend`: torch with a checkpoint (built here) and
+onnxruntime with an exported ONNX file (:mod:`rs_pgd.onnx_backend`, which never imports torch). A backend gives
+the checkpoint metadata, a ``forward`` (normalised windows -> class probabilities, numpy in and out) and the
+stream of window batches; reading, stitching and writing are the same for both.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from rs_pgd.errors import CheckpointError
 from rs_pgd.grid import WindowGrid
@@ -36,6 +41,32 @@ class PredictResult:
     margin: int = 0
 
 
+@dataclass
+class Backend:
+    """What the window loop of :func:`predict` needs from a model runtime.
+
+    Attributes
+    ----------
+    meta : dict
+        The checkpoint metadata (bands, preset, stats, classes, geometry).
+    forward : callable
+        ``forward(images) -> probabilities``: float32 ``(n, C, S, S)`` normalised windows to float32
+        ``(n, K, S, S)`` softmax probabilities.
+    batches : callable
+        ``batches(reader, grid, stats)`` yields ``(window indexes, images, valid)`` per batch: a list of ints,
+        float32 ``(n, C, S, S)`` normalised windows and bool ``(n, S, S)`` masks of the centre pixels that are
+        inside the scene and hold data.
+    geometry : callable
+        ``geometry(tile, margin, stride) -> (tile, margin, stride)``: the prediction geometry from the user's
+        values (None for the default).
+    """
+
+    meta: dict
+    forward: Callable[[np.ndarray], np.ndarray]
+    batches: Callable[..., Iterable[tuple[list, np.ndarray, np.ndarray]]]
+    geometry: Callable[..., tuple[int, int, int | None]]
+
+
 @gdal_env()
 def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend="none", probabilities=None,
             probability_dtype="uint8", preview=None, batch_size=None, device="auto", precision="auto",
@@ -45,7 +76,8 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     Parameters
     ----------
     model : path
-        Checkpoint written by :func:`rs_pgd.fit`.
+        Checkpoint written by :func:`rs_pgd.fit`, or an ``.onnx`` file written by :func:`rs_pgd.export` (run
+        with onnxruntime, in float32, without importing torch; its window size is fixed at export).
     scene : path
         Any GDAL raster with the bands the model was trained on.
     output : path
@@ -67,44 +99,52 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     batch_size : int, optional
         Windows per forward pass; default 1 on CPU (batching adds memory, not throughput), 8 on CUDA.
     device, precision, workers
-        As in :func:`rs_pgd.fit`.
+        As in :func:`rs_pgd.fit`. For an ONNX model: onnxruntime's CUDA provider or the CPU, float32 only, and
+        windows read in this process (``workers`` is not used).
     cog : bool
         Write a Cloud Optimized GeoTIFF (tiled, DEFLATE, mode overviews); otherwise a tiled GeoTIFF.
     """
     import time
 
-    from rs_pgd.classes import ClassTable
-    from rs_pgd.config import inference_geometry
-    from rs_pgd.dataset import SceneSource
-    from rs_pgd.models import model_from_checkpoint
-    from rs_pgd.output import StreamingClassWriter, StreamingProbabilityWriter, check_output_path
-    from rs_pgd.raster import BandStats
-    from rs_pgd.runtime import default_workers, resolve_device, resolve_precision
-    from rs_pgd.stitch import RowStitcher, weight_kind
+    from rs_pgd.onnx_backend import is_onnx_path
+    from rs_pgd.output import check_output_path
+    from rs_pgd.stitch import weight_kind
 
     started = time.perf_counter()
     weight_kind(blend)  # validates the blend mode before any work
     check_output_path(output, inputs=[model, scene])
     if probabilities is not None:
         check_output_path(probabilities, inputs=[model, scene, output])
-    dev = resolve_device(device)
-    choice = resolve_precision(precision, dev)
-    prec = choice.precision
-    logger.info("precision %s (%s)", prec, choice.reason)
-    net, meta = model_from_checkpoint(model, device=dev)
+    if is_onnx_path(model):
+        from rs_pgd.onnx_backend import onnx_backend
+
+        backend = onnx_backend(model, device=device, precision=precision, batch_size=batch_size)
+    else:
+        backend = _torch_backend(model, device, precision, batch_size, workers)
+    return _predict_windows(backend, model, scene, output, tile, margin, stride, blend, probabilities,
+                            probability_dtype, preview, cog, progress, started)
+
+
+def _predict_windows(backend: Backend, model, scene, output, tile, margin, stride, blend, probabilities,
+                     probability_dtype, preview, cog, progress, started) -> PredictResult:
+    """The window loop shared by every backend: read, run ``backend.forward``, stitch, write."""
+    import time
+
+    from rs_pgd.classes import ClassTable
+    from rs_pgd.output import StreamingClassWriter, StreamingProbabilityWriter
+    from rs_pgd.raster import BandStats
+    from rs_pgd.stitch import RowStitcher
+
+    meta = backend.meta
     classes = ClassTable.from_dict(meta["classes"])
     reader = _open_scene_for(meta, scene, model)
     geometry = meta.get("geometry", {})
-    tile, margin, stride = inference_geometry(geometry, tile, margin, stride)
+    tile, margin, stride = backend.geometry(tile, margin, stride)
     grid = WindowGrid(reader.height, reader.width, tile, margin, stride, align=int(geometry.get("align", 32)))
-    if batch_size is None:
-        batch_size = 8 if dev.type == "cuda" else 1  # on CPU batching adds no throughput, only memory
-    source = SceneSource(reader, None, grid, BandStats.from_dict(meta["stats"]))
-    net = net.to(memory_format=torch.channels_last)
     k = classes.num_classes
     values = np.asarray(classes.values, dtype=np.uint8)
     stitcher = RowStitcher(grid, k + 1, blend=blend, dtype=np.float32)
-    loader = _window_loader(source, grid, batch_size, default_workers(dev) if workers is None else workers)
+    batches = backend.batches(reader, grid, BandStats.from_dict(meta["stats"]))
     class_writer = StreamingClassWriter(output, _profile(reader), classes, cog=cog, inputs=[model, scene])
     prob_writer = None
     try:
@@ -113,10 +153,10 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
                                                      cog=cog, inputs=[model, scene, output])
         windows_run = 0
         bar = _progress(len(grid), progress)
-        for batch in loader:
-            outputs, ran = _run_batch(net, batch, dev, prec, k)
+        for window_indexes, images, valid in batches:
+            outputs, ran = _run_batch(backend.forward, images, valid, k)
             windows_run += ran
-            for window_index, out in zip(batch["window"].tolist(), outputs):
+            for window_index, out in zip(window_indexes, outputs):
                 for band in stitcher.add(grid.window(window_index), out):
                     _write_band(band, values, class_writer, prob_writer)
             bar.update(len(outputs))
@@ -138,6 +178,34 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
         preview_path = write_preview(scene, output, preview, bands=reader.bands, classes=classes)
     return PredictResult(Path(output), Path(probabilities) if probabilities else None, preview_path, len(grid),
                          windows_run, time.perf_counter() - started, grid.tile, grid.margin)
+
+
+def _torch_backend(model, device, precision, batch_size, workers) -> Backend:
+    """A checkpoint run with torch: the model on ``device`` at ``precision``, windows from a DataLoader."""
+    from rs_pgd.config import inference_geometry
+    from rs_pgd.models import model_from_checkpoint
+    from rs_pgd.runtime import default_workers, resolve_device, resolve_precision
+
+    dev = resolve_device(device)
+    choice = resolve_precision(precision, dev)
+    prec = choice.precision
+    logger.info("precision %s (%s)", prec, choice.reason)
+    net, meta = model_from_checkpoint(model, device=dev)
+    if batch_size is None:
+        batch_size = 8 if dev.type == "cuda" else 1  # on CPU batching adds no throughput, only memory
+    workers = default_workers(dev) if workers is None else workers
+
+    def batches(reader, grid, stats):
+        from rs_pgd.dataset import SceneSource
+
+        source = SceneSource(reader, None, grid, stats)
+        for batch in _window_loader(source, grid, batch_size, workers):
+            yield batch["window"].tolist(), batch["image"].numpy(), (batch["weight"] > 0).numpy()
+
+    def geometry(tile, margin, stride):
+        return inference_geometry(meta.get("geometry", {}), tile, margin, stride)
+
+    return Backend(meta, _torch_forward(net, dev, prec), batches, geometry)
 
 
 def _open_scene_for(meta: dict, scene, model):
@@ -164,6 +232,8 @@ def _profile(reader) -> dict:
 
 
 def _window_loader(source, grid, batch_size: int, workers: int):
+    import torch
+
     from rs_pgd.dataset import WindowDataset
 
     items = [(0, w.index) for w in grid]
@@ -173,28 +243,38 @@ def _window_loader(source, grid, batch_size: int, workers: int):
                                        prefetch_factor=4 if workers else None)
 
 
-@torch.no_grad()
-def _run_batch(net, batch, device, precision, k: int):
+def _torch_forward(net, device, precision):
+    """``forward(images) -> probabilities`` for a torch model (channels-last, autocast at ``precision``)."""
+    import torch
+
+    from rs_pgd.runtime import autocast_context
+
+    net = net.to(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def forward(images: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(images).to(device).contiguous(memory_format=torch.channels_last)
+        with autocast_context(precision, device):
+            logits = net(x)
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+    return forward
+
+
+def _run_batch(forward, images: np.ndarray, valid: np.ndarray, k: int):
     """Class probabilities plus a validity channel for every window of a batch, as float32 numpy arrays.
 
     Windows whose centre holds no valid pixel skip the model; their probabilities stay zero and their
     validity channel marks them as nodata.
     """
-    from rs_pgd.runtime import autocast_context
-
-    image = batch["image"]
-    valid = (batch["weight"] > 0).float()  # centre pixels inside the scene with data
-    n, _, size, _ = image.shape
-    out = torch.zeros((n, k + 1, size, size), dtype=torch.float32)
+    n, _, size, _ = images.shape
+    out = np.zeros((n, k + 1, size, size), dtype=np.float32)
     out[:, k] = valid
-    has_data = valid.flatten(1).any(dim=1)
+    has_data = valid.reshape(n, -1).any(axis=1)
     ran = int(has_data.sum())
     if ran:
-        x = image[has_data].to(device).contiguous(memory_format=torch.channels_last)
-        with autocast_context(precision, device):
-            logits = net(x)
-        out[has_data, :k] = torch.softmax(logits.float(), dim=1).cpu()
-    return out.numpy(), ran
+        out[has_data, :k] = forward(np.ascontiguousarray(images[has_data], dtype=np.float32))
+    return out, ran
 
 
 def _write_band(band, values: np.ndarray, class_writer, prob_writer) -> None:
@@ -214,4 +294,4 @@ def _progress(total: int, enabled: bool):
     return progress_bar(total, "predict", enabled)
 
 
-__all__ = ["predict", "PredictResult"]
+__all__ = ["predict", "PredictResult", "Backend"]

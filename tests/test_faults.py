@@ -68,7 +68,7 @@ def _contains(path, text):
 MOMENTS = {
     "first-epoch": lambda d, out, err: _contains(err, "epoch 1/3"),
     "checkpoint-write": lambda d, out, err: (lambda: any(p.name.startswith(".m.") for p in d.iterdir())),
-    "late": lambda d, out, err: _contains(out, "epoch 2:"),
+    "late": lambda d, out, err: _contains(err, "epoch 2:"),  # the log line after epoch 2
 }
 
 

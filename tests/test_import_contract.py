@@ -13,7 +13,8 @@ TORCH_FREE = [
     "rs_pgd", "rs_pgd.api", "rs_pgd.errors", "rs_pgd.defaults", "rs_pgd.config", "rs_pgd.runtime", "rs_pgd.grid",
     "rs_pgd.presets", "rs_pgd.raster", "rs_pgd.classes", "rs_pgd.label_source", "rs_pgd.vector_labels",
     "rs_pgd.raster_labels", "rs_pgd.labels", "rs_pgd.metrics", "rs_pgd.stitch", "rs_pgd.output",
-    "rs_pgd.evaluation", "rs_pgd.vectorization", "rs_pgd.info", "rs_pgd.preview",
+    "rs_pgd.evaluation", "rs_pgd.vectorization", "rs_pgd.info", "rs_pgd.preview", "rs_pgd.infer",
+    "rs_pgd.onnx_backend", "rs_pgd.onnx_export",
     "rs_pgd.cli.main", "rs_pgd.cli.errors", "rs_pgd.cli.options",
 ]
 

@@ -36,7 +36,7 @@ from toynet import ToyNet
 from rs_pgd.dataset import SceneSource
 from rs_pgd.errors import CheckpointError
 from rs_pgd.grid import WindowGrid
-from rs_pgd.infer import _run_batch, _window_loader, _write_band, predict
+from rs_pgd.infer import _run_batch, _torch_forward, _window_loader, _write_band, predict
 from rs_pgd.models import model_from_checkpoint
 from rs_pgd.raster import BandStats, SceneReader, normalise
 from rs_pgd.stitch import RowStitcher
@@ -224,7 +224,8 @@ def test_identity_model_through_predict_path_maps_nodata_to_255(nodata_scene, bl
     stitcher = RowStitcher(grid, 4, blend=blend, dtype=np.float32)
     classes, probs = Recorder((ID_H, ID_W), np.uint8), Recorder((3, ID_H, ID_W), np.float32)
     for batch in _window_loader(source, grid, batch_size=3, workers=0):
-        outputs, _ = _run_batch(nn.Identity(), batch, torch.device("cpu"), "32", 3)
+        forward = _torch_forward(nn.Identity(), torch.device("cpu"), "32")
+        outputs, _ = _run_batch(forward, batch["image"].numpy(), (batch["weight"] > 0).numpy(), 3)
         for index, out in zip(batch["window"].tolist(), outputs):
             for band in stitcher.add(grid.window(index), out):
                 _write_band(band, values, classes, probs)

@@ -10,6 +10,7 @@ from rs_pgd import __version__
 from rs_pgd.cli.demo import demo
 from rs_pgd.cli.errors import ErrorHandlingGroup, configure_logging
 from rs_pgd.cli.evaluate import evaluate
+from rs_pgd.cli.export import export
 from rs_pgd.cli.fit import fit
 from rs_pgd.cli.info import info
 from rs_pgd.cli.predict import predict
@@ -44,7 +45,7 @@ def cli(progress_mode, verbose, quiet):
             os.environ["RS_PGD_DEBUG"] = "1"
 
 
-for _command in (info, fit, predict, evaluate, vectorize, demo, qgis):
+for _command in (info, fit, predict, evaluate, vectorize, export, demo, qgis):
     cli.add_command(_command)
 
 

@@ -29,10 +29,15 @@ from rs_pgd.cli.config_file import config_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(model, scene, output, tile, margin, stride, blend, probabilities, probability_dtype, preview,
             batch_size, precision, no_cog, workers, device, quiet):
-    """Predict classes for SCENE with the checkpoint MODEL and write them to OUTPUT."""
-    from rs_pgd.config import preflight_predict
+    """Predict classes for SCENE with the checkpoint MODEL and write them to OUTPUT.
 
-    preflight_predict(model, scene, output, probabilities, blend, tile, margin, stride)  # before torch is imported
+    MODEL may also be an .onnx file written by `rs-pgd export`: it runs with onnxruntime, without torch.
+    """
+    from rs_pgd.config import preflight_predict
+    from rs_pgd.onnx_backend import is_onnx_path
+
+    if not is_onnx_path(model):  # an ONNX model never imports torch: predict() checks it as fast
+        preflight_predict(model, scene, output, probabilities, blend, tile, margin, stride)  # before torch
 
     import rs_pgd
 
