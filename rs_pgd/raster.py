@@ -11,11 +11,19 @@ scene one pixel wide), so a window equals the same slice of the whole scene refl
 
 Validity follows GDAL: a pixel is valid when every selected band has data there according to the band masks
 (nodata tag, internal or external mask band, alpha band), its value is finite, and it differs from the preset's
-nodata DN. Invalid pixels read as 0 after scaling.
+nodata DN (or the user's ``nodata`` value, for fill pixels the file does not tag). Invalid pixels read as 0
+after scaling. Alpha bands (colour interpretation ``alpha``) are masks, never model bands: the default band
+selection leaves them out and GDAL's band masks already turn their zeros into invalid pixels.
+
+Scenes may be remote: ``https://`` URLs (read through GDAL's ``/vsicurl/``), ``s3://``, ``gs://``, ``az://`` and
+any ``/vsi...`` path. Every open and read of a remote scene runs inside :func:`remote_env`, GDAL settings made for
+windowed range reads (no directory listing, bounded caches, retries); a network failure is one
+:class:`~rs_pgd.errors.SceneError` line naming the URL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -25,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
-from rasterio.enums import MaskFlags
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
@@ -69,6 +77,8 @@ class SceneInfo:
         Plain-English warnings, empty when all is well.
     band_descriptions : tuple of (str or None)
     dtypes : tuple of str
+    alpha_bands : tuple of int
+        1-based bands whose colour interpretation is alpha: validity masks, not data.
     """
 
     path: str
@@ -88,6 +98,7 @@ class SceneInfo:
     problems: tuple[str, ...] = ()
     band_descriptions: tuple[str | None, ...] = ()
     dtypes: tuple[str, ...] = field(default=())
+    alpha_bands: tuple[int, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -113,6 +124,7 @@ class SceneInfo:
             "georeferenced": self.georeferenced,
             "problems": list(self.problems),
             "band_descriptions": list(self.band_descriptions),
+            "alpha_bands": list(self.alpha_bands),
         }
 
 
@@ -129,17 +141,78 @@ def scene_info(path) -> SceneInfo:
         return _describe(ds, path)
 
 
+REMOTE_SCHEMES = {"http://": "/vsicurl/", "https://": "/vsicurl/", "s3://": "/vsis3/", "gs://": "/vsigs/",
+                  "az://": "/vsiaz/"}
+"""URL schemes rs-pgd turns into GDAL virtual file system paths (``s3://bucket/key`` -> ``/vsis3/bucket/key``)."""
+
+REMOTE_GDAL_OPTIONS = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing, no probing for sidecar files
+    "GDAL_HTTP_MAX_RETRY": "3",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+    "GDAL_HTTP_CONNECTTIMEOUT": "15",
+    "GDAL_HTTP_TIMEOUT": "60",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MULTIPLEX": "YES",
+    "VSI_CACHE": "TRUE",
+    "VSI_CACHE_SIZE": str(32 * 2**20),
+    "CPL_VSIL_CURL_CACHE_SIZE": str(64 * 2**20),
+}
+"""GDAL settings for windowed reads of remote COGs: a window costs a few range requests, caches stay bounded
+(32 MiB per open file, 64 MiB of downloaded chunks per process) and transient HTTP errors are retried. Only remote
+scenes get them: ``EMPTY_DIR`` would hide a local file's ``.msk``/``.aux.xml`` sidecars. A value set in the
+environment (e.g. ``GDAL_HTTP_MAX_RETRY=10``) wins."""
+
+
+def is_remote(path) -> bool:
+    """True for URLs and GDAL virtual file system paths (``/vsicurl/``, ``/vsis3/``, ``/vsizip/``, ...)."""
+    text = os.fspath(path)
+    return text.startswith("/vsi") or "://" in text
+
+
+def gdal_path(path) -> str:
+    """The path GDAL opens: ``https://`` -> ``/vsicurl/https://``, ``s3://b/k`` -> ``/vsis3/b/k``; others unchanged."""
+    text = os.fspath(path)
+    for scheme, prefix in REMOTE_SCHEMES.items():
+        if text.startswith(scheme):
+            return prefix + (text if prefix == "/vsicurl/" else text[len(scheme):])
+    return text
+
+
+def remote_options() -> dict:
+    """:data:`REMOTE_GDAL_OPTIONS` less those the user set in the environment."""
+    return {k: v for k, v in REMOTE_GDAL_OPTIONS.items() if k not in os.environ}
+
+
+def remote_env(path=None):
+    """A ``rasterio.Env`` with :data:`REMOTE_GDAL_OPTIONS` for a remote ``path`` (or for any when None).
+
+    rasterio's Env sets GDAL options for the calling thread while it is entered, so every open *and* read of a
+    remote dataset runs inside one; a local path gets a no-op context.
+    """
+    if path is not None and not is_remote(path):
+        return contextlib.nullcontext()
+    return rasterio.Env(**remote_options())
+
+
 def open_scene(path):
-    """Open a raster with rasterio, turning every failure into a one-line :class:`SceneError`."""
+    """Open a raster with rasterio, turning every failure into a one-line :class:`SceneError`.
+
+    ``path`` may be a local file, a URL (``https://``, ``s3://``, ...) or a GDAL ``/vsi...`` path.
+    """
     text = os.fspath(path)
     if _is_local(text):
         _check_local_file(Path(text))
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), remote_env(text):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(text)
+            return rasterio.open(gdal_path(text))
     except RasterioIOError as exc:
-        if _is_local(text) and _has_tiff_magic(Path(text)):
+        if not _is_local(text):
+            raise SceneError(
+                f"cannot open {text} ({_first_line(exc)}): check the URL or path and your network connection, "
+                "then run again"
+            ) from exc
+        if _has_tiff_magic(Path(text)):
             raise SceneError(
                 f"{text} looks like a TIFF but GDAL cannot read it (corrupt or truncated): copy or download it again"
             ) from exc
@@ -148,8 +221,13 @@ def open_scene(path):
         ) from exc
 
 
+def _first_line(exc) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _is_local(text: str) -> bool:
-    return not (text.startswith("/vsi") or "://" in text)
+    return not is_remote(text)
 
 
 def _check_local_file(path: Path) -> None:
@@ -178,8 +256,13 @@ def _check_last_block(ds, path) -> None:
     col_off = (ds.width - 1) // block_cols * block_cols
     last = Window(col_off, row_off, ds.width - col_off, ds.height - row_off)
     try:
-        ds.read(sorted({1, ds.count}), window=last)
+        with remote_env(path):
+            ds.read(sorted({1, ds.count}), window=last)
     except RasterioIOError as exc:
+        if is_remote(path):
+            raise SceneError(
+                f"reading {path} failed ({_first_line(exc)}): check your network connection and run again"
+            ) from exc
         raise SceneError(
             f"{path} is corrupt or truncated (its last block cannot be read): copy it again"
         ) from exc
@@ -208,7 +291,13 @@ def _describe(ds, path) -> SceneInfo:
         problems=tuple(_problems(crs, transform, identity, has_gcps)),
         band_descriptions=tuple(ds.descriptions),
         dtypes=tuple(ds.dtypes),
+        alpha_bands=alpha_bands(ds),
     )
+
+
+def alpha_bands(ds) -> tuple[int, ...]:
+    """1-based indexes of the bands of an open dataset whose colour interpretation is alpha."""
+    return tuple(i for i, interp in enumerate(ds.colorinterp, start=1) if interp == ColorInterp.alpha)
 
 
 def require_north_up(info: SceneInfo, vector_labels: bool = False) -> None:
@@ -319,9 +408,13 @@ class SceneReader:
     path : str or path-like
         Any raster GDAL can open.
     bands : None, str, or sequence of int or str
-        Bands to read: 1-based numbers or the preset's band names; None for the preset's default or every band.
+        Bands to read: 1-based numbers, the scene's band descriptions or the preset's band names; None for the
+        preset's default or every band except alpha bands.
     preset : str or Preset
         How to scale stored values (see :mod:`rs_pgd.presets`).
+    nodata : float, optional
+        Stored value that means "no data" in this scene although the file does not say so (fill pixels): a pixel
+        where any selected band holds it is invalid. Replaces the preset's nodata DN; NaN is allowed.
 
     Attributes
     ----------
@@ -333,7 +426,7 @@ class SceneReader:
     crs, transform, nodata, preset, dtype
     """
 
-    def __init__(self, path, bands=None, preset: str | Preset = "generic"):
+    def __init__(self, path, bands=None, preset: str | Preset = "generic", nodata: float | None = None):
         self.path = os.fspath(path)
         self.preset = get_preset(preset)
         self._dataset = None
@@ -342,12 +435,16 @@ class SceneReader:
         self.height = ds.height
         self.width = ds.width
         self.scene_count = ds.count
-        self.bands = resolve_bands(bands, ds.count, self.preset)
+        self.alpha_bands = alpha_bands(ds)
+        self.bands = resolve_bands(bands, ds.count, self.preset, descriptions=ds.descriptions,
+                                   alpha=self.alpha_bands)
         self.count = len(self.bands)
         self.crs = ds.crs
         self.transform = ds.transform
         self.dtype = ds.dtypes[self.bands[0] - 1]
-        self.nodata = ds.nodata if ds.nodata is not None else self.preset.nodata
+        self.fill_value = _check_nodata(nodata, self.dtype) if nodata is not None else self.preset.nodata
+        self.nodata = nodata if nodata is not None else (ds.nodata if ds.nodata is not None else self.preset.nodata)
+        self.remote = is_remote(self.path)
         self._all_valid = all(MaskFlags.all_valid in ds.mask_flag_enums[i - 1] for i in self.bands)
         self._floating = any(np.issubdtype(np.dtype(ds.dtypes[i - 1]), np.floating) for i in self.bands)
 
@@ -415,15 +512,23 @@ class SceneReader:
         """Read a window that lies inside the scene: raw values and the per-pixel validity."""
         ds = self._open()
         window = Window(col0, row0, col1 - col0, row1 - row0)
-        raw = ds.read(self.bands, window=window, masked=False)
-        if self._all_valid:
-            valid = np.ones(raw.shape[1:], dtype=bool)
-        else:
-            valid = np.all(ds.read_masks(self.bands, window=window) > 0, axis=0)
+        try:
+            with remote_env(self.path):
+                raw = ds.read(self.bands, window=window, masked=False)
+                if self._all_valid:
+                    valid = np.ones(raw.shape[1:], dtype=bool)
+                else:
+                    valid = np.all(ds.read_masks(self.bands, window=window) > 0, axis=0)
+        except RasterioIOError as exc:
+            what = "check your network connection and run again" if self.remote else "the file may be corrupt; copy it again"
+            raise SceneError(f"reading {self.path} failed ({_first_line(exc)}): {what}") from exc
         if self._floating:
             valid &= np.all(np.isfinite(raw), axis=0)
-        if self.preset.nodata is not None:
-            valid &= ~np.any(raw == self.preset.nodata, axis=0)
+        if self.fill_value is not None:
+            if isinstance(self.fill_value, float) and math.isnan(self.fill_value):
+                valid &= ~np.any(np.isnan(raw), axis=0)
+            else:
+                valid &= ~np.any(raw == self.fill_value, axis=0)
         return raw, valid
 
     def _scale(self, raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -433,6 +538,25 @@ class SceneReader:
             image += np.float32(self.preset.offset)
         image[:, ~valid] = 0.0
         return image
+
+
+def _check_nodata(value, dtype: str) -> float:
+    """A user's nodata value as a float that the scene's data type can hold (NaN only for float scenes)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SceneError(f"nodata {value!r} is not a number: give the stored fill value, e.g. --nodata 0") from None
+    kind = np.dtype(dtype)
+    if math.isnan(number):
+        if kind.kind != "f":
+            raise SceneError(f"nodata nan cannot occur in a {dtype} scene: give the stored fill value, e.g. --nodata 0")
+        return number
+    if kind.kind in "iu":
+        info = np.iinfo(kind)
+        if number != int(number) or not info.min <= number <= info.max:
+            raise SceneError(f"nodata {value} cannot occur in a {dtype} scene (integers {info.min}..{info.max}): "
+                             "give the stored fill value")
+    return number
 
 
 def reflect_indices(start: int, stop: int, length: int) -> np.ndarray:
