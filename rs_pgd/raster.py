@@ -222,8 +222,19 @@ def open_scene(path):
 
 
 def _first_line(exc) -> str:
-    lines = str(exc).strip().splitlines()
+    lines = gdal_message(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+def gdal_message(exc) -> str:
+    """The message of a rasterio error, or of the GDAL error behind it ("Read failed. See previous exception")."""
+    seen = 0
+    while "see previous exception" in str(exc).lower() and seen < 5:
+        cause = exc.__cause__ or exc.__context__
+        if cause is None:
+            break
+        exc, seen = cause, seen + 1
+    return str(exc)
 
 
 def _is_local(text: str) -> bool:
