@@ -448,3 +448,128 @@ def test_reader_on_the_demo_scene_edges(demo_scene):
     window = reader.read(bounds)
     np.testing.assert_array_equal(window.image, reflect_reference(np.where(valid, whole, 0), bounds))
     np.testing.assert_array_equal(window.valid, reflect_reference(valid, bounds))
+
+
+# -- cloud-native input: URLs and GDAL virtual paths, over a local HTTP server that honours Range --------------
+import os  # noqa: E402
+import rasterio.shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent / "data"))
+import stac_server  # noqa: E402
+
+from rs_pgd.raster import gdal_path, is_remote  # noqa: E402
+
+
+def write_cog(path, data, nodata=None, blocksize=64):
+    tmp = Path(path).with_suffix(".plain.tif")
+    write_scene(tmp, data, nodata=nodata)
+    rasterio.shutil.copy(tmp, path, driver="COG", blocksize=blocksize, compress="DEFLATE", overviews="NONE")
+    tmp.unlink()
+    return Path(path)
+
+
+@pytest.fixture
+def served_cog(tmp_path, monkeypatch):
+    """A 3-band 512 x 512 noise COG (large next to one window) and a server for it."""
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "1")
+    monkeypatch.setenv("GDAL_HTTP_RETRY_DELAY", "0.1")
+    data = np.random.default_rng(3).integers(1, 255, (3, 512, 512), dtype=np.uint8)
+    data[:, :20, :20] = 0
+    path = write_cog(tmp_path / "cog.tif", data, nodata=0)
+    with stac_server.StacServer(tmp_path) as server:
+        yield server, path, f"{server.url}/files/cog.tif"
+
+
+def test_gdal_path_of_urls():
+    assert gdal_path("https://host/a.tif") == "/vsicurl/https://host/a.tif"
+    assert gdal_path("s3://bucket/key/a.tif") == "/vsis3/bucket/key/a.tif"
+    assert gdal_path("gs://bucket/a.tif") == "/vsigs/bucket/a.tif"
+    assert gdal_path("/vsizip/x.zip/a.tif") == "/vsizip/x.zip/a.tif"
+    assert gdal_path("scene.tif") == "scene.tif"
+    assert is_remote("https://h/a.tif") and is_remote("/vsizip/x.zip/a.tif") and not is_remote("a/b.tif")
+
+
+def test_remote_windows_equal_local_windows_with_range_reads(served_cog):
+    server, path, url = served_cog
+    local, remote = SceneReader(path), SceneReader(url)
+    assert scene_info(url).to_dict() | {"path": None} == scene_info(path).to_dict() | {"path": None}
+    server.bytes_sent.clear()
+    for bounds in [(-30, -30, 70, 70), (200, 260, 264, 324), (480, 500, 560, 580)]:
+        a, b = local.read(bounds), remote.read(bounds)
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.valid, b.valid)
+    assert not remote.read((0, 0, 10, 10)).valid.any()  # the nodata corner
+    # three small windows need a few 64 px blocks, not the file
+    assert 0 < server.bytes_sent["cog.tif"] < path.stat().st_size / 4
+
+
+def test_remote_scene_in_a_zip(tmp_path):
+    import zipfile
+
+    data = np.arange(2 * 40 * 40, dtype=np.uint16).reshape(2, 40, 40)
+    write_scene(tmp_path / "s.tif", data)
+    with zipfile.ZipFile(tmp_path / "s.zip", "w") as z:
+        z.write(tmp_path / "s.tif", "inner/s.tif")
+    reader = SceneReader(f"/vsizip/{tmp_path / 's.zip'}/inner/s.tif")
+    np.testing.assert_array_equal(reader.read((0, 0, 40, 40)).image, data.astype(np.float32))
+
+
+def test_remote_failures_are_one_line_scene_errors(served_cog):
+    server, path, url = served_cog
+    with pytest.raises(SceneError, match="cannot open .*missing.tif.*network connection"):
+        scene_info(f"{server.url}/files/missing.tif")
+    reader = SceneReader(url)
+    server.drop.add("cog.tif")  # the header is cached; blocks past 64 KiB now fail mid-read
+    with pytest.raises(SceneError, match=r"reading .*cog.tif failed .*network connection") as caught:
+        reader.read((448, 448, 512, 512))
+    assert "\n" not in str(caught.value)
+    server.down = True
+    with pytest.raises(SceneError, match="cannot open"):
+        scene_info(f"{server.url}/files/cog2.tif")
+
+
+def test_info_cli_reads_a_url(served_cog):
+    server, path, url = served_cog
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    env.pop("RS_PGD_DEBUG", None)
+    ok = subprocess.run([sys.executable, "-m", "rs_pgd.cli.main", "info", url, "--json"], capture_output=True,
+                        text=True, env=env, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["scene"]["width"] == 512 and report["scene"]["count"] == 3
+    bad = subprocess.run([sys.executable, "-m", "rs_pgd.cli.main", "info", f"{server.url}/files/nope.tif"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Error: cannot open" in bad.stderr
+
+
+def test_predict_on_a_served_cog_equals_predict_on_the_local_file(tmp_path, monkeypatch):
+    import torch
+
+    import rs_pgd
+
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the test machines are shared; one thread is the fastest there
+    rng = np.random.default_rng(5)
+    base = np.where(np.arange(128)[None, :] < 64, 40, 180) + np.zeros((96, 1), dtype=int)
+    data = np.stack([base + rng.integers(0, 20, base.shape) + 5 * b for b in range(3)]).astype(np.uint8)
+    scene = write_cog(tmp_path / "scene.tif", data, blocksize=64)
+    labels = tmp_path / "labels.tif"
+    write_scene(labels, (base[None] > 100).astype(np.uint8) + 1, nodata=0)
+    model = tmp_path / "m.safetensors"
+    rs_pgd.fit(scene, labels, model, encoder="resnet18", tile=64, margin=32, epochs=1, max_steps=1, batch_size=4,
+               precision="32", workers=0, progress=False, val_fraction=0, augment=False)
+    with stac_server.StacServer(tmp_path) as server:
+        url = f"{server.url}/files/scene.tif"
+        rs_pgd.predict(model, url, tmp_path / "remote.tif", tile=64, margin=32, precision="32", workers=0,
+                       progress=False)
+        assert server.bytes_sent["scene.tif"] > 0
+    rs_pgd.predict(model, scene, tmp_path / "local.tif", tile=64, margin=32, precision="32", workers=0,
+                   progress=False)
+    with rasterio.open(tmp_path / "remote.tif") as a, rasterio.open(tmp_path / "local.tif") as b:
+        assert a.profile["transform"] == b.profile["transform"] and a.crs == b.crs
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+    torch.set_num_threads(threads)

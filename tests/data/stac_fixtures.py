@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.shutil
 from pyproj import Transformer
 from rasterio.transform import from_origin
 
@@ -220,8 +221,6 @@ def wc_array(tile: int) -> tuple[np.ndarray, object]:
 
 def write_cogs(folder) -> Path:
     """Write every COG the recorded items name into ``folder``; return the folder."""
-    import rasterio.shutil  # noqa: F401 - used by _write_cog
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(len(S2_ITEMS)):

@@ -109,7 +109,8 @@ def _handler(server: StacServer):
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":  # a body after a HEAD answer would corrupt the next kept-alive response
+                self.wfile.write(body)
 
         def _refuse(self) -> bool:
             server.requests.append(f"{self.command} {self.path} {self.headers.get('Range', '')}")
