@@ -2,11 +2,16 @@
 
 import json
 import multiprocessing
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+import rasterio.shutil
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rasterio.control import GroundControlPoint
@@ -18,10 +23,15 @@ from rs_pgd.raster import (
     BandStats,
     SceneReader,
     compute_band_stats,
+    gdal_path,
+    is_remote,
     normalise,
     reflect_indices,
     scene_info,
 )
+
+sys.path.insert(0, str(Path(__file__).parent / "data"))
+import stac_server  # noqa: E402
 
 UTM = "EPSG:32618"
 TRANSFORM = from_origin(500000, 4000000, 10, 10)
@@ -451,16 +461,6 @@ def test_reader_on_the_demo_scene_edges(demo_scene):
 
 
 # -- cloud-native input: URLs and GDAL virtual paths, over a local HTTP server that honours Range --------------
-import os  # noqa: E402
-import rasterio.shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent / "data"))
-import stac_server  # noqa: E402
-
-from rs_pgd.raster import gdal_path, is_remote  # noqa: E402
 
 
 def write_cog(path, data, nodata=None, blocksize=64):
