@@ -31,6 +31,7 @@ class FitConfig:
     all_touched: bool = False
     bands: list | None = None
     preset: str | None = None
+    nodata: float | None = None
     arch: str = "Unet"
     encoder: str = "resnet34"
     encoder_weights: str | None = None

@@ -34,7 +34,7 @@ class PredictResult:
 
 def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend="none", probabilities=None,
             probability_dtype="uint8", preview=None, batch_size=None, device="auto", precision="auto",
-            workers=None, cog=True, progress=True) -> PredictResult:
+            workers=None, cog=True, progress=True, nodata=None) -> PredictResult:
     """Predict a class map for ``scene`` with the checkpoint ``model`` and write it to ``output``.
 
     Parameters
@@ -65,6 +65,8 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
         As in :func:`rs_pgd.fit`.
     cog : bool
         Write a Cloud Optimized GeoTIFF (tiled, DEFLATE, mode overviews); otherwise a tiled GeoTIFF.
+    nodata : float, optional
+        Stored fill value the scene does not tag; default: the ``nodata`` the model was trained with, if any.
     """
     import time
 
@@ -87,7 +89,7 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     prec = resolve_precision(precision, dev)
     net, meta = model_from_checkpoint(model, device=dev)
     classes = ClassTable.from_dict(meta["classes"])
-    reader = _open_scene_for(meta, scene, model)
+    reader = _open_scene_for(meta, scene, model, nodata)
     geometry = meta.get("geometry", {})
     tile, margin, stride = inference_geometry(geometry, tile, margin, stride)
     grid = WindowGrid(reader.height, reader.width, tile, margin, stride, align=int(geometry.get("align", 32)))
@@ -134,7 +136,7 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
                          windows_run, time.perf_counter() - started, grid.tile, grid.margin)
 
 
-def _open_scene_for(meta: dict, scene, model):
+def _open_scene_for(meta: dict, scene, model, nodata=None):
     """Open ``scene`` with the checkpoint's bands and preset; a scene that does not fit is a clear error."""
     from rs_pgd.config import check_scene_bands
     from rs_pgd.raster import SceneReader, require_north_up, scene_info
@@ -144,7 +146,9 @@ def _open_scene_for(meta: dict, scene, model):
     check_scene_bands(meta, info.count, model, scene)
     bands = meta.get("bands") or []
     needed = meta["model"]["in_channels"]
-    reader = SceneReader(scene, bands=bands or None, preset=meta.get("preset") or "generic")
+    if nodata is None:
+        nodata = (meta.get("config") or {}).get("nodata")  # the fill value the model was trained with
+    reader = SceneReader(scene, bands=bands or None, preset=meta.get("preset") or "generic", nodata=nodata)
     if reader.count != needed:
         raise CheckpointError(
             f"the model {Path(model).name} takes {needed} band(s) but {Path(scene).name} gives {reader.count}; "

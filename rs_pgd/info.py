@@ -8,31 +8,48 @@ import numpy as np
 
 from rs_pgd.grid import WindowGrid, suggest_geometry
 
+FILL_NOTE_FRACTION = 0.01
+"""Share of valid pixels holding one candidate fill value in every band above which ``info`` points them out."""
 
-def describe(scene, labels=None, *, class_column=None, layer=None, bands=None, preset=None, tile: int = 1024) -> dict:
+
+def describe(scene, labels=None, *, class_column=None, layer=None, bands=None, preset=None, nodata=None,
+             tile: int = 1024) -> dict:
     """Describe ``scene`` (and ``labels``): facts, nodata share, classes with pixel counts, suggested geometry.
 
     Everything is computed window by window; no scene-sized array is held.
 
+    Parameters
+    ----------
+    nodata : float, optional
+        Fill value the file does not tag (as ``fit --nodata``): counted as nodata.
+
     Returns
     -------
     dict
-        JSON-ready: ``scene`` (facts), ``nodata_fraction``, ``preset``, ``bands``, ``suggested`` (tile, margin,
-        stride, window), ``labels`` (path, classes with pixel counts, overlap, notes) when labels are given, and
-        ``notes`` (plain-English problems and what rs-pgd will do about them).
+        JSON-ready: ``scene`` (facts), ``nodata_fraction``, ``fill_candidates`` (values such as 0 or the dtype's
+        maximum found in every band of valid pixels, with their share), ``preset``, ``bands``, ``suggested``
+        (tile, margin, stride, window), ``labels`` (path, classes with pixel counts, overlap, notes) when labels
+        are given, and ``notes`` (plain-English problems and what rs-pgd will do about them).
     """
     from rs_pgd.raster import SceneReader, scene_info
 
     info = scene_info(scene)
-    reader = SceneReader(scene, bands=bands, preset=preset or "generic")
+    reader = SceneReader(scene, bands=bands, preset=preset or "generic", nodata=nodata)
+    invalid, fills = _scan_validity(reader, tile)
     report = {
         "scene": info.to_dict(),
         "preset": reader.preset.name,
         "bands": list(reader.bands),
-        "nodata_fraction": round(_nodata_fraction(reader, tile), 6),
+        "nodata_fraction": round(invalid, 6),
+        "fill_candidates": [{"value": v, "fraction": round(f, 6)} for v, f in fills.items()],
         "suggested": suggest_geometry(info.height, info.width),
         "notes": list(info.problems),
     }
+    report["notes"] += _fill_notes(fills, reader)
+    for band in info.alpha_bands:
+        report["notes"].append(f"band {band} is an alpha band: rs-pgd reads it as a validity mask (transparent = "
+                               "nodata), not as a model band; if it holds data (e.g. near infrared), clear its alpha "
+                               "interpretation: rio edit-info --colorinterp red,green,blue,undefined SCENE")
     if not info.georeferenced:
         report["notes"].append("scene is not properly georeferenced: vector labels cannot be placed on it; "
                                "use a label raster on the same pixel grid")
@@ -42,13 +59,42 @@ def describe(scene, labels=None, *, class_column=None, layer=None, bands=None, p
     return report
 
 
-def _nodata_fraction(reader, tile: int) -> float:
+def _scan_validity(reader, tile: int) -> tuple[float, dict]:
+    """Share of invalid pixels, and the share of pixels holding each candidate fill value in every band."""
     grid = WindowGrid(reader.height, reader.width, tile, 0, align=1)
+    candidates = fill_candidates(reader.dtype)
     invalid = 0
+    counts = dict.fromkeys(candidates, 0)
     for window in grid:
-        data = reader.read(window.bounds)
-        invalid += int((~data.valid & data.inside).sum())
-    return invalid / (reader.height * reader.width)
+        raw, valid = reader.read_stored(window.bounds)
+        invalid += int((~valid).sum())
+        for value in candidates:
+            counts[value] += int((valid & np.all(raw == value, axis=0)).sum())
+    total = reader.height * reader.width
+    return invalid / total, {v: c / total for v, c in counts.items() if c}
+
+
+def fill_candidates(dtype: str) -> list:
+    """Values that tools write as fill: 0, -9999, and the smallest and largest value of an integer dtype."""
+    kind = np.dtype(dtype)
+    values = [0, -9999]
+    if kind.kind in "iu":
+        info = np.iinfo(kind)
+        values += [int(info.min), int(info.max)]
+        return sorted({v for v in values if info.min <= v <= info.max})
+    return values
+
+
+def _fill_notes(fills: dict, reader) -> list[str]:
+    notes = []
+    for value, fraction in fills.items():
+        if fraction >= FILL_NOTE_FRACTION:
+            notes.append(
+                f"{100 * fraction:.1f} % of the pixels are {value:g} in every band and are not marked as nodata: if "
+                f"they are fill (outside the image), pass --nodata {value:g} to info, fit and predict, or tag the "
+                f"file (rio edit-info --nodata {value:g} {reader.path})"
+            )
+    return notes
 
 
 def _describe_labels(labels, info, class_column, layer, tile) -> dict:
@@ -87,6 +133,8 @@ def format_report(report: dict) -> str:
         f"resolution   {s['res'][0]:g} x {s['res'][1]:g}",
         f"bounds       {', '.join(f'{v:.6g}' for v in s['bounds'])}",
         f"nodata       {s['nodata']}  ({100 * report['nodata_fraction']:.1f} % of pixels invalid)",
+        *[f"fill?        {c['value']:g} in every band: {100 * c['fraction']:.1f} % of pixels"
+          for c in report.get("fill_candidates", []) if c["fraction"] >= FILL_NOTE_FRACTION],
         f"layout       {'tiled' if s['tiled'] else 'striped'}, blocks {s['block_shapes'][0][0]}x{s['block_shapes'][0][1]}",
         f"preset       {report['preset']}, bands {report['bands']}",
     ]

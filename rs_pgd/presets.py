@@ -216,7 +216,8 @@ def resolve_bands(bands, count: int, preset: str | Preset | None = "generic", *,
     if masks:
         raise PresetError(
             f"band {masks[0]} is the scene's alpha band, a validity mask rather than data: leave it out of --bands "
-            "(rs-pgd already treats its transparent pixels as nodata)"
+            "(its transparent pixels are nodata already); if it holds data, clear its alpha interpretation with "
+            "rio edit-info --colorinterp"
         )
     return indexes
 

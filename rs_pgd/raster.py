@@ -519,6 +519,15 @@ class SceneReader:
         )
         return WindowData(image=image, valid=valid, inside=inside)
 
+    def read_stored(self, bounds) -> tuple[np.ndarray, np.ndarray]:
+        """Stored values (C, H, W, the file's dtype) and validity (H, W) of a window, clipped to the scene."""
+        row_start, col_start, row_stop, col_stop = _check_bounds(bounds)
+        row0, col0 = max(row_start, 0), max(col_start, 0)
+        row1, col1 = min(row_stop, self.height), min(col_stop, self.width)
+        if row1 <= row0 or col1 <= col0:
+            raise GridError(f"bounds {bounds!r} lie outside the scene ({self.height} x {self.width} pixels)")
+        return self._read_source(row0, row1, col0, col1)
+
     def _read_source(self, row0: int, row1: int, col0: int, col1: int) -> tuple[np.ndarray, np.ndarray]:
         """Read a window that lies inside the scene: raw values and the per-pixel validity."""
         ds = self._open()

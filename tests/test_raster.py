@@ -573,3 +573,69 @@ def test_predict_on_a_served_cog_equals_predict_on_the_local_file(tmp_path, monk
         assert a.profile["transform"] == b.profile["transform"] and a.crs == b.crs
         np.testing.assert_array_equal(a.read(1), b.read(1))
     torch.set_num_threads(threads)
+
+
+# -- fill values without a nodata tag, alpha bands (issue 14 #9, #12) --------------------------------------------
+def test_user_nodata_marks_fill_pixels_invalid(tmp_path):
+    data = np.arange(1, 2 * 20 * 20 + 1, dtype=np.uint16).reshape(2, 20, 20)
+    data[:, :, :5] = 0  # fill in every band
+    data[1, 10, 10] = 0  # one band only: still "no data" for the pixel (GDAL's per-band nodata)
+    path = write_scene(tmp_path / "s.tif", data)
+    assert SceneReader(path).read((0, 0, 20, 20)).valid.all()
+    window = SceneReader(path, nodata=0).read((0, 0, 20, 20))
+    expected = ~np.any(data == 0, axis=0)
+    np.testing.assert_array_equal(window.valid, expected)
+    assert (window.image[:, ~expected] == 0).all()
+
+
+def test_user_nodata_replaces_the_presets(tmp_path):
+    data = np.full((7, 8, 8), 500, dtype=np.uint16)
+    data[:, 0, 0] = 0
+    data[:, 1, 1] = 65535
+    path = write_scene(tmp_path / "l.tif", data)
+    preset = SceneReader(path, preset="landsat-c2-l2").read((0, 0, 8, 8)).valid
+    user = SceneReader(path, preset="landsat-c2-l2", nodata=65535).read((0, 0, 8, 8)).valid
+    assert not preset[0, 0] and preset[1, 1]
+    assert user[0, 0] and not user[1, 1]
+
+
+def test_nan_nodata_for_float_scenes_and_bad_values_refused(tmp_path):
+    data = np.ones((1, 6, 6), dtype=np.float32)
+    path = write_scene(tmp_path / "f.tif", data)
+    assert SceneReader(path, nodata=float("nan")).read((0, 0, 6, 6)).valid.all()
+    ints = write_scene(tmp_path / "i.tif", np.ones((1, 6, 6), dtype=np.uint8))
+    for value in (float("nan"), -1, 256, 1.5, "zero"):
+        with pytest.raises(SceneError, match="nodata"):
+            SceneReader(ints, nodata=value)
+
+
+def test_alpha_band_is_a_mask_not_a_model_band(tmp_path):
+    from rasterio.enums import ColorInterp
+
+    data = np.concatenate([np.full((3, 16, 16), 100, np.uint8), np.full((1, 16, 16), 255, np.uint8)])
+    data[3, :4] = 0
+    path = write_scene(tmp_path / "rgba.tif", data)
+    with rasterio.open(path, "r+") as ds:
+        ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    reader = SceneReader(path)
+    assert reader.bands == (1, 2, 3) and reader.alpha_bands == (4,)
+    window = reader.read((0, 0, 16, 16))
+    assert window.image.shape[0] == 3
+    np.testing.assert_array_equal(window.valid, data[3] > 0)
+    with pytest.raises(PresetError, match="alpha band"):
+        SceneReader(path, bands=[1, 2, 4])
+    # the same four bands without the alpha interpretation are four data bands (rasterio writes 4 x uint8 as RGBA
+    # unless told otherwise)
+    plain = write_scene(tmp_path / "four.tif", data, photometric="MINISBLACK")
+    assert SceneReader(plain).bands == (1, 2, 3, 4)
+
+
+def test_bands_by_description(tmp_path):
+    path = write_scene(tmp_path / "d.tif", np.zeros((4, 8, 8), np.uint16))
+    with rasterio.open(path, "r+") as ds:
+        for i, name in enumerate(["B02", "B03", "B04", "B08"], start=1):
+            ds.set_band_description(i, name)
+    assert SceneReader(path, bands="B8,B04", preset="sentinel2-l2a").bands == (4, 3)
+    assert SceneReader(path, bands="B04").bands == (3,)  # generic preset: descriptions alone
+    with pytest.raises(PresetError):
+        SceneReader(path, bands="B11", preset="sentinel2-l2a")  # not in the file: preset band 11 is out of range

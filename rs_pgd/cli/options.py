@@ -38,3 +38,7 @@ device_opt = click.option(
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
 workers_opt = click.option("--workers", type=int, default=None, help="Data-loading worker processes (default: auto).")
 output_opt = click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output file.")
+nodata_opt = click.option(
+    "--nodata", type=float, default=None, metavar="VALUE",
+    help="Stored value that means no data although the file does not say so (fill pixels, e.g. 0); nan allowed.",
+)

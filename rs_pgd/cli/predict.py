@@ -21,12 +21,13 @@ from rs_pgd.cli import options
               help="Write a quick-look PNG (input beside the class map, with a legend).")
 @click.option("--batch-size", type=int, default=None, help="Windows per forward pass (default: 1 on CPU, 8 on CUDA).")
 @click.option("--precision", type=click.Choice(["auto", "32", "bf16", "16-mixed"]), default="auto", show_default=True)
+@options.nodata_opt
 @click.option("--no-cog", is_flag=True, help="Write a plain tiled GeoTIFF instead of a Cloud Optimized GeoTIFF.")
 @options.workers_opt
 @options.device_opt
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(model, scene, output, tile, margin, stride, blend, probabilities, probability_dtype, preview,
-            batch_size, precision, no_cog, workers, device, quiet):
+            batch_size, precision, nodata, no_cog, workers, device, quiet):
     """Predict classes for SCENE with the checkpoint MODEL and write them to OUTPUT."""
     from rs_pgd.config import preflight_predict
 
@@ -37,6 +38,6 @@ def predict(model, scene, output, tile, margin, stride, blend, probabilities, pr
     result = rs_pgd.predict(
         model, scene, output, tile=tile, margin=margin, stride=stride, blend=blend, probabilities=probabilities,
         probability_dtype=probability_dtype, preview=preview, batch_size=batch_size, device=device,
-        precision=precision, workers=workers, cog=not no_cog, progress=not quiet,
+        precision=precision, workers=workers, cog=not no_cog, progress=not quiet, nodata=nodata,
     )
     click.echo(f"wrote {result.output} ({result.windows} windows, {result.seconds:.1f} s)")
