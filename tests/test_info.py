@@ -84,3 +84,13 @@ def test_info_internal_mask_counts_as_nodata(tmp_path):
     report = describe(scene)
     assert report["bands"] == [1, 2, 3]
     assert report["nodata_fraction"] == pytest.approx(20 / bad.SIZE, abs=1e-6)
+
+
+def test_fit_and_predict_take_nodata():
+    from click.testing import CliRunner
+
+    from rs_pgd.cli.main import cli as rs_pgd_cli
+
+    for command in ("fit", "predict", "info"):
+        result = CliRunner().invoke(rs_pgd_cli, [command, "--help"])
+        assert result.exit_code == 0 and "--nodata VALUE" in result.output, command

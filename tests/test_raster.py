@@ -545,34 +545,67 @@ def test_info_cli_reads_a_url(served_cog):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Error: cannot open" in bad.stderr
 
 
-def test_predict_on_a_served_cog_equals_predict_on_the_local_file(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A COG scene with a fill block (0 in every band, no nodata tag) and a resnet18 U-Net fitted with nodata=0."""
     import torch
 
     import rs_pgd
 
-    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machines are shared; one thread is the fastest there
+    folder = tmp_path_factory.mktemp("tiny_model")
     rng = np.random.default_rng(5)
     base = np.where(np.arange(128)[None, :] < 64, 40, 180) + np.zeros((96, 1), dtype=int)
-    data = np.stack([base + rng.integers(0, 20, base.shape) + 5 * b for b in range(3)]).astype(np.uint8)
-    scene = write_cog(tmp_path / "scene.tif", data, blocksize=64)
-    labels = tmp_path / "labels.tif"
+    data = np.stack([base + rng.integers(1, 20, base.shape) + 5 * b for b in range(3)]).astype(np.uint8)
+    data[:, 64:, :32] = 0  # fill
+    scene = write_cog(folder / "scene.tif", data, blocksize=64)
+    labels = folder / "labels.tif"
     write_scene(labels, (base[None] > 100).astype(np.uint8) + 1, nodata=0)
-    model = tmp_path / "m.safetensors"
-    rs_pgd.fit(scene, labels, model, encoder="resnet18", tile=64, margin=32, epochs=1, max_steps=1, batch_size=4,
-               precision="32", workers=0, progress=False, val_fraction=0, augment=False)
-    with stac_server.StacServer(tmp_path) as server:
-        url = f"{server.url}/files/scene.tif"
-        rs_pgd.predict(model, url, tmp_path / "remote.tif", tile=64, margin=32, precision="32", workers=0,
-                       progress=False)
+    model = folder / "m.safetensors"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the test machines are shared; one thread is the fastest there
+    try:
+        rs_pgd.fit(scene, labels, model, encoder="resnet18", tile=64, margin=32, epochs=1, max_steps=1, batch_size=4,
+                   precision="32", workers=0, progress=False, val_fraction=0, augment=False, nodata=0)
+    finally:
+        torch.set_num_threads(threads)
+    return folder, scene, model
+
+
+def predict_map(model, scene, out, **options):
+    import torch
+
+    import rs_pgd
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rs_pgd.predict(model, scene, out, tile=64, margin=32, precision="32", workers=0, progress=False, **options)
+    finally:
+        torch.set_num_threads(threads)
+    with rasterio.open(out) as ds:
+        return ds.read(1), ds.profile
+
+
+def test_predict_on_a_served_cog_equals_predict_on_the_local_file(tiny_model, tmp_path, monkeypatch):
+    folder, scene, model = tiny_model
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "1")
+    with stac_server.StacServer(folder) as server:
+        remote, remote_profile = predict_map(model, f"{server.url}/files/scene.tif", tmp_path / "remote.tif")
         assert server.bytes_sent["scene.tif"] > 0
-    rs_pgd.predict(model, scene, tmp_path / "local.tif", tile=64, margin=32, precision="32", workers=0,
-                   progress=False)
-    with rasterio.open(tmp_path / "remote.tif") as a, rasterio.open(tmp_path / "local.tif") as b:
-        assert a.profile["transform"] == b.profile["transform"] and a.crs == b.crs
-        np.testing.assert_array_equal(a.read(1), b.read(1))
-    torch.set_num_threads(threads)
+    local, local_profile = predict_map(model, scene, tmp_path / "local.tif")
+    assert remote_profile["transform"] == local_profile["transform"] and remote_profile["crs"] == local_profile["crs"]
+    np.testing.assert_array_equal(remote, local)
+
+
+def test_predict_uses_the_training_nodata_unless_told(tiny_model, tmp_path):
+    folder, scene, model = tiny_model
+    default, _ = predict_map(model, scene, tmp_path / "default.tif")
+    fill = np.zeros(default.shape, bool)
+    fill[64:, :32] = True
+    assert (default[fill] == 255).all() and (default[~fill] != 255).all()  # nodata=0 came from the checkpoint
+    other, _ = predict_map(model, scene, tmp_path / "other.tif", nodata=254)  # no pixel is 254: all get a class
+    assert (other != 255).all()
+    np.testing.assert_array_equal(other[~fill], default[~fill])
 
 
 # -- fill values without a nodata tag, alpha bands (issue 14 #9, #12) --------------------------------------------
