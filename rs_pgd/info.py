@@ -9,7 +9,9 @@ import numpy as np
 from rs_pgd.grid import WindowGrid, suggest_geometry
 
 FILL_NOTE_FRACTION = 0.01
-"""Share of valid pixels holding one candidate fill value in every band above which ``info`` points them out."""
+"""Share of pixels holding one candidate fill value in every band above which ``info`` points them out."""
+FILL_NOTE_FRACTION_MAX = 0.05
+"""The same for the dtype's largest value, which saturated pixels (bright clouds, snow) also hold."""
 
 
 def describe(scene, labels=None, *, class_column=None, layer=None, bands=None, preset=None, nodata=None,
@@ -60,39 +62,72 @@ def describe(scene, labels=None, *, class_column=None, layer=None, bands=None, p
 
 
 def _scan_validity(reader, tile: int) -> tuple[float, dict]:
-    """Share of invalid pixels, and the share of pixels holding each candidate fill value in every band."""
+    """Share of invalid pixels, and the share of valid pixels that look like fill, per candidate value.
+
+    A candidate (:func:`fill_candidates`) counts when it is in every selected band of a valid pixel, and only if
+    such pixels also reach the scene's edge: fill is what lies outside an image's footprint, so it touches the
+    border; a dark lake or a saturated cloud in the middle does not.
+    """
     grid = WindowGrid(reader.height, reader.width, tile, 0, align=1)
-    candidates = fill_candidates(reader.dtype)
+    candidates = fill_candidates(reader.dtype, reader.count)
     invalid = 0
     counts = dict.fromkeys(candidates, 0)
+    on_edge = dict.fromkeys(candidates, False)
     for window in grid:
         raw, valid = reader.read_stored(window.bounds)
         invalid += int((~valid).sum())
+        edge = _edge_mask(window.bounds, reader.height, reader.width, valid.shape)
         for value in candidates:
-            counts[value] += int((valid & np.all(raw == value, axis=0)).sum())
+            fill = valid & np.all(raw == value, axis=0)
+            counts[value] += int(fill.sum())
+            on_edge[value] = on_edge[value] or bool((fill & edge).any())
     total = reader.height * reader.width
-    return invalid / total, {v: c / total for v, c in counts.items() if c}
+    return invalid / total, {v: c / total for v, c in counts.items() if c and on_edge[v]}
 
 
-def fill_candidates(dtype: str) -> list:
-    """Values that tools write as fill: 0, -9999, and the smallest and largest value of an integer dtype."""
+def _edge_mask(bounds, height: int, width: int, shape) -> np.ndarray:
+    """True on the pixels of a (clipped) window that lie on the scene's outermost rows and columns."""
+    row0, col0 = max(bounds[0], 0), max(bounds[1], 0)
+    rows = np.arange(row0, row0 + shape[0])
+    cols = np.arange(col0, col0 + shape[1])
+    return ((rows == 0) | (rows == height - 1))[:, None] | ((cols == 0) | (cols == width - 1))[None, :]
+
+
+def fill_candidates(dtype: str, count: int = 2) -> list:
+    """Values that tools write as fill: 0, -9999, and the extremes of an integer dtype.
+
+    With one band, 0 and the largest value are too often real data (a class, dark water, saturation): only
+    -9999 and a signed dtype's smallest value remain.
+    """
     kind = np.dtype(dtype)
-    values = [0, -9999]
+    values = {-9999}
+    if count > 1:
+        values.add(0)
     if kind.kind in "iu":
         info = np.iinfo(kind)
-        values += [int(info.min), int(info.max)]
-        return sorted({v for v in values if info.min <= v <= info.max})
-    return values
+        if kind.kind == "i":
+            values.add(int(info.min))
+        if count > 1:
+            values.add(int(info.max))
+        return sorted(v for v in values if info.min <= v <= info.max)
+    return sorted(values)
+
+
+def _fill_threshold(value, dtype: str) -> float:
+    kind = np.dtype(dtype)
+    if kind.kind in "iu" and value == np.iinfo(kind).max:
+        return FILL_NOTE_FRACTION_MAX
+    return FILL_NOTE_FRACTION
 
 
 def _fill_notes(fills: dict, reader) -> list[str]:
     notes = []
     for value, fraction in fills.items():
-        if fraction >= FILL_NOTE_FRACTION:
+        if fraction >= _fill_threshold(value, reader.dtype):
             notes.append(
-                f"{100 * fraction:.1f} % of the pixels are {value:g} in every band and are not marked as nodata: if "
-                f"they are fill (outside the image), pass --nodata {value:g} to info, fit and predict, or tag the "
-                f"file (rio edit-info --nodata {value:g} {reader.path})"
+                f"{100 * fraction:.1f} % of the pixels are {value:g} in every band, reach the scene's edge and are "
+                f"not marked as nodata: if they are fill (outside the image), pass --nodata {value:g} to info, fit "
+                f"and predict, or tag the file (rio edit-info --nodata {value:g} {reader.path})"
             )
     return notes
 
@@ -134,7 +169,7 @@ def format_report(report: dict) -> str:
         f"bounds       {', '.join(f'{v:.6g}' for v in s['bounds'])}",
         f"nodata       {s['nodata']}  ({100 * report['nodata_fraction']:.1f} % of pixels invalid)",
         *[f"fill?        {c['value']:g} in every band: {100 * c['fraction']:.1f} % of pixels"
-          for c in report.get("fill_candidates", []) if c["fraction"] >= FILL_NOTE_FRACTION],
+          for c in report.get("fill_candidates", []) if c["fraction"] >= _fill_threshold(c["value"], s["dtype"])],
         f"layout       {'tiled' if s['tiled'] else 'striped'}, blocks {s['block_shapes'][0][0]}x{s['block_shapes'][0][1]}",
         f"preset       {report['preset']}, bands {report['bands']}",
     ]

@@ -42,19 +42,35 @@ def test_info_points_out_untagged_fill_zeros(tmp_path):
     assert "fill?" in format_report(report)
 
 
+@pytest.mark.parametrize("case", ["interior", "one band", "single-band scene", "few saturated"])
+def test_plausible_data_is_not_called_fill(tmp_path, case):
+    """Companions: zeros that do not reach the edge, zeros in one band, zeros of a one-band scene, and a few
+    saturated pixels are data, not fill."""
+    data = np.maximum(bad.scene_pixels(3, bad.SIZE, "uint8"), 1)
+    if case == "interior":
+        data[:, 30:60, 30:60] = 0  # a dark lake
+    elif case == "one band":
+        data[0, :, :40] = 0
+    elif case == "single-band scene":
+        data = data[:1]
+        data[0, :, :40] = 0
+    else:
+        data[:, :12, :12] = 255  # 1.6 % saturated, at the corner
+    report = describe(bad.write_scene(tmp_path / "s.tif", data))
+    assert not any("--nodata" in note for note in report["notes"]), report["notes"]
+
+
+def test_saturated_fill_along_the_edge_is_pointed_out(tmp_path):
+    data = np.minimum(bad.scene_pixels(3, bad.SIZE, "uint8"), 254)
+    data[:, :, -20:] = 255  # 21 % on the right edge: a tool's "white" fill
+    report = describe(bad.write_scene(tmp_path / "s.tif", data))
+    assert any("--nodata 255" in note for note in report["notes"])
+
+
 def test_info_with_nodata_counts_the_fill_as_nodata(tmp_path):
     scene = bad.fill_zeros_scene(tmp_path)
     report = describe(scene, nodata=0)
     assert report["nodata_fraction"] == pytest.approx(bad.FILL_COLUMNS / bad.SIZE, abs=1e-6)
-    assert not any("--nodata" in note for note in report["notes"])
-
-
-def test_zeros_in_one_band_only_are_not_fill(tmp_path):
-    data = np.maximum(bad.scene_pixels(3, bad.SIZE, "uint16"), 1)
-    data[0, :, :40] = 0  # dark in one band: plausible data, not fill
-    scene = bad.write_scene(tmp_path / "dark.tif", data)
-    report = describe(scene)
-    assert report["fill_candidates"] == []
     assert not any("--nodata" in note for note in report["notes"])
 
 
