@@ -24,6 +24,7 @@ windowed range reads (no directory listing, bounded caches, retries); a network 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import warnings
@@ -189,7 +190,7 @@ def remote_env(path=None):
     rasterio's Env sets GDAL options for the calling thread while it is entered, so every open *and* read of a
     remote dataset runs inside one; a local path gets a no-op context.
     """
-    if path is not None and not is_remote(path):
+    if path is not None and not (is_remote(path) or is_stac_item(path)):
         return contextlib.nullcontext()
     return rasterio.Env(**remote_options())
 
@@ -202,10 +203,14 @@ def open_scene(path):
     text = os.fspath(path)
     if _is_local(text):
         _check_local_file(Path(text))
+    if is_stac_item(text):
+        source = stac_item_vrt(text)
+    else:
+        source = gdal_path(text)
     try:
         with warnings.catch_warnings(), remote_env(text):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(gdal_path(text))
+            return rasterio.open(source)
     except RasterioIOError as exc:
         if not _is_local(text):
             raise SceneError(
@@ -219,6 +224,118 @@ def open_scene(path):
         raise SceneError(
             f"{text} is not a raster GDAL can read: give a GeoTIFF or another GDAL raster"
         ) from exc
+
+
+# -- STAC items as scenes ---------------------------------------------------------------------------------------
+STAC_SKIPPED_ROLES = {"thumbnail", "overview", "metadata", "visual"}
+
+
+def is_stac_item(path) -> bool:
+    """True for a path or URL ending in ``.json`` (a STAC item: its image assets are read as one scene)."""
+    text = os.fspath(path).split("?", 1)[0].lower()
+    return text.endswith(".json") or text.endswith(".geojson")
+
+
+@functools.lru_cache(maxsize=16)
+def stac_item_vrt(path: str) -> str:
+    """A GDAL VRT (XML text) that stacks the image assets of the STAC item at ``path`` as bands.
+
+    Bands keep the item's asset order and are described by their asset keys, so ``--bands red,green,nir`` picks
+    them (see :func:`rs_pgd.presets.resolve_bands`). The grid is that of the finest asset; coarser assets of the
+    same CRS (20 m bands next to 10 m ones) are resampled onto it with nearest neighbour by GDAL. Assets with
+    another CRS or a role such as thumbnail or overview are left out. Each asset's ``raster:bands`` nodata,
+    scale and offset are recorded in the VRT band.
+    """
+    item = _load_item(path)
+    assets = []
+    for key, asset in (item.get("assets") or {}).items():
+        if not _is_image_asset(asset):
+            continue
+        href = _resolve_href(path, asset["href"])
+        try:
+            with remote_env(href), rasterio.open(gdal_path(href)) as ds:
+                assets.append((key, asset, gdal_path(href), ds.crs, ds.transform, ds.width, ds.height, ds.dtypes[0],
+                               ds.nodata))
+        except RasterioIOError as exc:
+            raise SceneError(f"cannot open asset {key!r} of {path} ({_first_line(exc)}): check the item and your "
+                             "network connection") from exc
+    if not assets:
+        raise SceneError(f"the STAC item {path} has no GeoTIFF image asset: give an item with COG assets")
+    ref = min(assets, key=lambda a: abs(a[4].a * a[4].e))
+    crs, t, width, height = ref[3], ref[4], ref[5], ref[6]
+    bands = [a for a in assets if a[3] == crs]
+    parts = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
+             f"<SRS>{_xml(crs.to_wkt())}</SRS>",
+             f"<GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>"]
+    for number, (key, asset, href, _, st, sw, sh, dtype, nodata) in enumerate(bands, start=1):
+        raster = (asset.get("raster:bands") or [{}])[0]
+        nodata = raster.get("nodata", nodata)
+        x0, y0 = (st.c - t.c) / t.a, (st.f - t.f) / t.e
+        x1, y1 = (st.c + sw * st.a - t.c) / t.a, (st.f + sh * st.e - t.f) / t.e
+        parts += [f'<VRTRasterBand dataType="{_GDAL_TYPES.get(dtype, "Float32")}" band="{number}">',
+                  f"<Description>{_xml(key)}</Description>"]
+        if nodata is not None:
+            parts.append(f"<NoDataValue>{float(nodata)!r}</NoDataValue>")
+        if "scale" in raster or "offset" in raster:
+            parts += [f"<Offset>{float(raster.get('offset', 0.0))!r}</Offset>",
+                      f"<Scale>{float(raster.get('scale', 1.0))!r}</Scale>"]
+        source = "ComplexSource" if nodata is not None else "SimpleSource"
+        parts += [f'<{source} resampling="nearest">',
+                  f'<SourceFilename relativeToVRT="0">{_xml(href)}</SourceFilename><SourceBand>1</SourceBand>',
+                  f'<SrcRect xOff="0" yOff="0" xSize="{sw}" ySize="{sh}"/>',
+                  f'<DstRect xOff="{x0!r}" yOff="{y0!r}" xSize="{x1 - x0!r}" ySize="{y1 - y0!r}"/>',
+                  *([f"<NODATA>{float(nodata)!r}</NODATA>"] if nodata is not None else []),
+                  f"</{source}>", "</VRTRasterBand>"]
+    parts.append("</VRTDataset>")
+    return "".join(parts)
+
+
+_GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
+               "int32": "Int32", "float32": "Float32", "float64": "Float64"}
+
+
+def _xml(text: str) -> str:
+    from xml.sax.saxutils import escape
+
+    return escape(str(text))
+
+
+def _load_item(path: str) -> dict:
+    import json
+    import urllib.request
+
+    try:
+        if "://" in path:
+            with urllib.request.urlopen(path, timeout=30) as response:  # noqa: S310 - the user's own URL
+                item = json.loads(response.read())
+        else:
+            item = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SceneError(f"cannot read the STAC item {path} ({type(exc).__name__}: {exc}): check the path or URL "
+                         "and your network connection") from exc
+    if not isinstance(item, dict) or item.get("type") != "Feature" or not isinstance(item.get("assets"), dict):
+        raise SceneError(f"{path} is not a STAC item (a GeoJSON Feature with assets): give an item.json")
+    return item
+
+
+def _is_image_asset(asset) -> bool:
+    if not isinstance(asset, dict) or "href" not in asset:
+        return False
+    if set(asset.get("roles") or []) & STAC_SKIPPED_ROLES:
+        return False
+    kind = str(asset.get("type") or "")
+    href = str(asset["href"]).split("?", 1)[0].lower()
+    return "tiff" in kind or (not kind and href.endswith((".tif", ".tiff")))
+
+
+def _resolve_href(item_path: str, href: str) -> str:
+    from urllib.parse import urljoin
+
+    if "://" in href or href.startswith("/"):
+        return href
+    if "://" in item_path:
+        return urljoin(item_path, href)
+    return str(Path(item_path).resolve().parent / href)
 
 
 def _first_line(exc) -> str:
@@ -455,7 +572,7 @@ class SceneReader:
         self.dtype = ds.dtypes[self.bands[0] - 1]
         self.fill_value = _check_nodata(nodata, self.dtype) if nodata is not None else self.preset.nodata
         self.nodata = nodata if nodata is not None else (ds.nodata if ds.nodata is not None else self.preset.nodata)
-        self.remote = is_remote(self.path)
+        self.remote = is_remote(self.path) or is_stac_item(self.path)
         self._all_valid = all(MaskFlags.all_valid in ds.mask_flag_enums[i - 1] for i in self.bands)
         self._floating = any(np.issubdtype(np.dtype(ds.dtypes[i - 1]), np.floating) for i in self.bands)
 

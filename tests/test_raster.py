@@ -672,3 +672,49 @@ def test_bands_by_description(tmp_path):
     assert SceneReader(path, bands="B04").bands == (3,)  # generic preset: descriptions alone
     with pytest.raises(PresetError):
         SceneReader(path, bands="B11", preset="sentinel2-l2a")  # not in the file: preset band 11 is out of range
+
+
+# -- a STAC item as the scene ----------------------------------------------------------------------------------
+def test_stac_item_is_read_as_one_scene_of_its_assets(tmp_path, monkeypatch):
+    import stac_fixtures as fx
+
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "1")
+    files = fx.write_cogs(tmp_path)
+    with stac_server.StacServer(files) as server:
+        item = next(it for it in server.recorded("sentinel-2-l2a.json") if it["id"] == fx.S2_ITEMS[1][0])
+        item["assets"]["blue"]["raster:bands"] = [{"nodata": 0, "scale": 0.0001, "offset": -0.1}]
+        (files / "item.json").write_text(json.dumps(item))
+        local_item, url_item = files / "item.json", f"{server.url}/files/item.json"
+        keys = list(fx.S2_BANDS)
+        for path in (local_item, url_item):
+            info = scene_info(path)
+            assert (info.width, info.height, info.crs_string) == (120, 120, "EPSG:32632")
+            assert info.res == (10.0, 10.0)
+            assert "thumbnail" not in info.band_descriptions and "blue" in info.band_descriptions
+            reader = SceneReader(path, bands="red,rededge1")  # by asset key
+            assert [info.band_descriptions[b - 1] for b in reader.bands] == ["red", "rededge1"]
+            window = reader.read((0, 0, 120, 120))
+            rows, cols = np.mgrid[0:120, 0:120]
+            for out, key in enumerate(["red", "rededge1"]):
+                res = fx.S2_BANDS[key][1]
+                expected = fx.s2_array(1, keys.index(key), res)[rows * 10 // res, cols * 10 // res]
+                np.testing.assert_array_equal(window.image[out][window.valid], expected[window.valid].astype(np.float32))
+            assert not window.valid[:5, :5].any() and window.valid[60:, 60:].all()  # the assets' nodata corner
+        with rasterio.open(stac_item_vrt_text(local_item)) as ds:
+            blue = ds.descriptions.index("blue") + 1
+            assert ds.scales[blue - 1] == 0.0001 and ds.offsets[blue - 1] == -0.1
+
+
+def stac_item_vrt_text(path):
+    from rs_pgd.raster import stac_item_vrt
+
+    return stac_item_vrt(str(path))
+
+
+def test_not_a_stac_item_is_one_line(tmp_path):
+    (tmp_path / "x.json").write_text('{"type": "FeatureCollection", "features": []}')
+    with pytest.raises(SceneError, match="is not a STAC item"):
+        scene_info(tmp_path / "x.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(SceneError, match="cannot read the STAC item"):
+        scene_info(tmp_path / "bad.json")
