@@ -34,7 +34,8 @@ class PredictResult:
 
 def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend="none", probabilities=None,
             probability_dtype="uint8", preview=None, batch_size=None, device="auto", precision="auto",
-            workers=None, cog=True, progress=True, nodata=None) -> PredictResult:
+            workers=None, cog=True, progress=True, nodata=None, bbox=None, bbox_crs="EPSG:4326",
+            aoi=None) -> PredictResult:
     """Predict a class map for ``scene`` with the checkpoint ``model`` and write it to ``output``.
 
     Parameters
@@ -67,6 +68,9 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
         Write a Cloud Optimized GeoTIFF (tiled, DEFLATE, mode overviews); otherwise a tiled GeoTIFF.
     nodata : float, optional
         Stored fill value the scene does not tag; default: the ``nodata`` the model was trained with, if any.
+    bbox, bbox_crs, aoi : optional
+        Predict only the area ``bbox = (W, S, E, N)`` (in ``bbox_crs``) or the bounds of the vector file ``aoi``:
+        the output covers that area snapped to the scene's pixels, and only the windows it needs are read.
     """
     import time
 
@@ -89,7 +93,7 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     prec = resolve_precision(precision, dev)
     net, meta = model_from_checkpoint(model, device=dev)
     classes = ClassTable.from_dict(meta["classes"])
-    reader = _open_scene_for(meta, scene, model, nodata)
+    reader = _open_scene_for(meta, scene, model, nodata, _area(bbox, bbox_crs, aoi))
     geometry = meta.get("geometry", {})
     tile, margin, stride = inference_geometry(geometry, tile, margin, stride)
     grid = WindowGrid(reader.height, reader.width, tile, margin, stride, align=int(geometry.get("align", 32)))
@@ -136,10 +140,19 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
                          windows_run, time.perf_counter() - started, grid.tile, grid.margin)
 
 
-def _open_scene_for(meta: dict, scene, model, nodata=None):
+def _area(bbox, bbox_crs, aoi):
+    """(bbox, crs) of the area to predict, or None for the whole scene."""
+    from rs_pgd.raster import aoi_bbox
+
+    if aoi is not None:
+        return aoi_bbox(aoi)
+    return (bbox, bbox_crs) if bbox is not None else None
+
+
+def _open_scene_for(meta: dict, scene, model, nodata=None, area=None):
     """Open ``scene`` with the checkpoint's bands and preset; a scene that does not fit is a clear error."""
     from rs_pgd.config import check_scene_bands
-    from rs_pgd.raster import SceneReader, require_north_up, scene_info
+    from rs_pgd.raster import SceneReader, require_north_up, scene_info, window_for_bbox
 
     info = scene_info(scene)
     require_north_up(info)  # a rotated or GCP-only output would be misplaced by most GIS tools
@@ -148,7 +161,9 @@ def _open_scene_for(meta: dict, scene, model, nodata=None):
     needed = meta["model"]["in_channels"]
     if nodata is None:
         nodata = (meta.get("config") or {}).get("nodata")  # the fill value the model was trained with
-    reader = SceneReader(scene, bands=bands or None, preset=meta.get("preset") or "generic", nodata=nodata)
+    window = window_for_bbox(info, *area) if area is not None else None
+    reader = SceneReader(scene, bands=bands or None, preset=meta.get("preset") or "generic", nodata=nodata,
+                         window=window)
     if reader.count != needed:
         raise CheckpointError(
             f"the model {Path(model).name} takes {needed} band(s) but {Path(scene).name} gives {reader.count}; "

@@ -543,6 +543,10 @@ class SceneReader:
     nodata : float, optional
         Stored value that means "no data" in this scene although the file does not say so (fill pixels): a pixel
         where any selected band holds it is invalid. Replaces the preset's nodata DN; NaN is allowed.
+    window : rasterio.windows.Window, optional
+        Read only this part of the scene (an area of interest, see :func:`window_for_bbox`): it becomes "the
+        scene" (height, width, transform), but windows reaching past it read the real pixels around it as
+        context, and reflect only at the file's own edges. ``inside`` is False outside the part.
 
     Attributes
     ----------
@@ -554,21 +558,26 @@ class SceneReader:
     crs, transform, nodata, preset, dtype
     """
 
-    def __init__(self, path, bands=None, preset: str | Preset = "generic", nodata: float | None = None):
+    def __init__(self, path, bands=None, preset: str | Preset = "generic", nodata: float | None = None,
+                 window: Window | None = None):
         self.path = os.fspath(path)
         self.preset = get_preset(preset)
         self._dataset = None
         self._pid = None
         ds = self._open()
-        self.height = ds.height
-        self.width = ds.width
+        self.file_height, self.file_width = ds.height, ds.width
+        self.window = _check_window(window, ds) if window is not None else None
+        self.row_off = int(self.window.row_off) if self.window is not None else 0
+        self.col_off = int(self.window.col_off) if self.window is not None else 0
+        self.height = int(self.window.height) if self.window is not None else ds.height
+        self.width = int(self.window.width) if self.window is not None else ds.width
         self.scene_count = ds.count
         self.alpha_bands = alpha_bands(ds)
         self.bands = resolve_bands(bands, ds.count, self.preset, descriptions=ds.descriptions,
                                    alpha=self.alpha_bands)
         self.count = len(self.bands)
         self.crs = ds.crs
-        self.transform = ds.transform
+        self.transform = ds.window_transform(self.window) if self.window is not None else ds.transform
         self.dtype = ds.dtypes[self.bands[0] - 1]
         self.fill_value = _check_nodata(nodata, self.dtype) if nodata is not None else self.preset.nodata
         self.nodata = nodata if nodata is not None else (ds.nodata if ds.nodata is not None else self.preset.nodata)
@@ -624,8 +633,8 @@ class SceneReader:
         filled by reflection about the scene edges, never with zeros pretending to be data.
         """
         row_start, col_start, row_stop, col_stop = _check_bounds(bounds)
-        rows = reflect_indices(row_start, row_stop, self.height)
-        cols = reflect_indices(col_start, col_stop, self.width)
+        rows = reflect_indices(row_start + self.row_off, row_stop + self.row_off, self.file_height)
+        cols = reflect_indices(col_start + self.col_off, col_stop + self.col_off, self.file_width)
         raw, valid = self._read_source(
             int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
         )
@@ -643,7 +652,8 @@ class SceneReader:
         row1, col1 = min(row_stop, self.height), min(col_stop, self.width)
         if row1 <= row0 or col1 <= col0:
             raise GridError(f"bounds {bounds!r} lie outside the scene ({self.height} x {self.width} pixels)")
-        return self._read_source(row0, row1, col0, col1)
+        r, c = self.row_off, self.col_off
+        return self._read_source(row0 + r, row1 + r, col0 + c, col1 + c)
 
     def _read_source(self, row0: int, row1: int, col0: int, col1: int) -> tuple[np.ndarray, np.ndarray]:
         """Read a window that lies inside the scene: raw values and the per-pixel validity."""
@@ -675,6 +685,64 @@ class SceneReader:
             image += np.float32(self.preset.offset)
         image[:, ~valid] = 0.0
         return image
+
+
+def _check_window(window, ds) -> Window:
+    window = Window(*(int(v) for v in (window.col_off, window.row_off, window.width, window.height)))
+    if (window.width < 1 or window.height < 1 or window.col_off < 0 or window.row_off < 0
+            or window.col_off + window.width > ds.width or window.row_off + window.height > ds.height):
+        raise GridError(f"window {window} does not lie inside the scene ({ds.height} x {ds.width} pixels)")
+    return window
+
+
+def window_for_bbox(info: SceneInfo, bbox, bbox_crs="EPSG:4326") -> Window:
+    """The scene pixels that cover ``bbox = (W, S, E, N)`` given in ``bbox_crs``, snapped outward, clipped.
+
+    Raises
+    ------
+    SceneError
+        If the scene has no CRS (with a bbox in another CRS), or the box does not overlap the scene.
+    """
+    from rasterio.warp import transform_bounds
+
+    try:
+        w, s, e, n = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise SceneError(f"--bbox {bbox!r} is not four numbers W S E N") from None
+    if not (w < e and s < n):
+        raise SceneError(f"--bbox {w:g} {s:g} {e:g} {n:g} needs W < E and S < N")
+    bbox_crs = CRS.from_user_input(bbox_crs) if bbox_crs is not None else info.crs
+    if info.crs is None:
+        raise SceneError(f"{info.path} has no CRS, so --bbox cannot be placed on it: assign one (rio edit-info --crs)")
+    if bbox_crs != info.crs:
+        w, s, e, n = transform_bounds(bbox_crs, info.crs, w, s, e, n, densify_pts=21)
+    t = info.transform
+    cols = sorted(((w - t.c) / t.a, (e - t.c) / t.a))
+    rows = sorted(((n - t.f) / t.e, (s - t.f) / t.e))
+    col0, col1 = max(math.floor(cols[0] + 1e-9), 0), min(math.ceil(cols[1] - 1e-9), info.width)
+    row0, row1 = max(math.floor(rows[0] + 1e-9), 0), min(math.ceil(rows[1] - 1e-9), info.height)
+    if col1 <= col0 or row1 <= row0:
+        scene = transform_bounds(info.crs, bbox_crs, *info.bounds, densify_pts=21)
+        raise SceneError(f"--bbox does not overlap {Path(info.path).name}, which covers "
+                         f"{', '.join(f'{v:.6g}' for v in scene)} in {crs_to_string(bbox_crs)}: check the box and "
+                         "--bbox-crs")
+    return Window(col0, row0, col1 - col0, row1 - row0)
+
+
+def aoi_bbox(path) -> tuple[tuple[float, float, float, float], object]:
+    """The bounds of a vector area of interest and its CRS (for :func:`window_for_bbox`)."""
+    import pyogrio
+
+    try:
+        meta = pyogrio.read_info(path)
+        bounds = pyogrio.read_bounds(path)[1]
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise SceneError(f"cannot read the area of interest {path} ({type(exc).__name__}): give a vector file "
+                         "such as a GeoPackage or GeoJSON") from exc
+    if bounds.size == 0:
+        raise SceneError(f"the area of interest {path} has no geometry: give a file with a polygon")
+    box = (float(bounds[0].min()), float(bounds[1].min()), float(bounds[2].max()), float(bounds[3].max()))
+    return box, meta.get("crs")
 
 
 def _check_nodata(value, dtype: str) -> float:

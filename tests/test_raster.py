@@ -608,6 +608,31 @@ def test_predict_uses_the_training_nodata_unless_told(tiny_model, tmp_path):
     np.testing.assert_array_equal(other[~fill], default[~fill])
 
 
+def test_predict_bbox_equals_the_same_part_of_the_whole_prediction(tiny_model, tmp_path):
+    folder, scene, model = tiny_model
+    whole, whole_profile = predict_map(model, scene, tmp_path / "whole.tif", nodata=254)
+    # columns 64..96, rows 0..64: the part starts on the 64 px tile grid, so its windows are the whole run's
+    x0, y1 = TRANSFORM.c + 64 * 10, TRANSFORM.f
+    part, profile = predict_map(model, scene, tmp_path / "part.tif", nodata=254,
+                                bbox=(x0 + 1, y1 - 640 + 1, x0 + 320 - 1, y1 - 1), bbox_crs=UTM)
+    assert part.shape == (64, 32)
+    assert profile["transform"] == whole_profile["transform"] * Affine.translation(64, 0)
+    np.testing.assert_array_equal(part, whole[:64, 64:96])
+    with pytest.raises(SceneError, match="does not overlap"):
+        predict_map(model, scene, tmp_path / "none.tif", bbox=(0, 0, 1, 1), bbox_crs=UTM)
+    assert not (tmp_path / "none.tif").exists()
+
+
+def test_predict_small_bbox_of_a_served_cog_reads_a_fraction_of_it(tiny_model, served_cog, tmp_path):
+    server, path, url = served_cog
+    model = tiny_model[2]
+    server.bytes_sent.clear()
+    part, profile = predict_map(model, url, tmp_path / "part.tif", bbox=(TRANSFORM.c + 2000, TRANSFORM.f - 2600,
+                                TRANSFORM.c + 2600, TRANSFORM.f - 2000), bbox_crs=UTM)
+    assert part.shape == (60, 60) and (part != 255).any()
+    assert 0 < server.bytes_sent["cog.tif"] < path.stat().st_size / 4
+
+
 # -- fill values without a nodata tag, alpha bands (issue 14 #9, #12) --------------------------------------------
 def test_user_nodata_marks_fill_pixels_invalid(tmp_path):
     data = np.arange(1, 2 * 20 * 20 + 1, dtype=np.uint16).reshape(2, 20, 20)
