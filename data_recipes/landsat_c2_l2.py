@@ -29,7 +29,7 @@ QA_CLOUD_BITS = {"dilated cloud": 1, "cirrus": 2, "cloud": 3, "cloud shadow": 4}
 
 
 def parser():
-    p = sr.OneLineParser(prog="landsat_c2_l2.py", description=__doc__.split("\n\n")[0])
+    p = sr.OneLineParser(prog="landsat_c2_l2.py", description=__doc__)
     sr.search_args(p, stac_url=sr.PLANETARY_COMPUTER, collection="landsat-c2-l2",
                    bands="SR_B2,SR_B3,SR_B4,SR_B5,SR_B6,SR_B7", max_cloud=20)
     p.add_argument("--mask-clouds", action="store_true",

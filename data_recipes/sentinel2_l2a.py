@@ -29,7 +29,7 @@ BASELINE_04 = dt.datetime(2022, 1, 25, tzinfo=dt.UTC)
 
 
 def parser():
-    p = sr.OneLineParser(prog="sentinel2_l2a.py", description=__doc__.split("\n\n")[0])
+    p = sr.OneLineParser(prog="sentinel2_l2a.py", description=__doc__)
     sr.search_args(p, stac_url=sr.EARTH_SEARCH, collection="sentinel-2-l2a", bands="B02,B03,B04,B08",
                    max_cloud=20)
     p.add_argument("--preset", default=None,

@@ -41,7 +41,11 @@ class RecipeError(Exception):
 
 # -- command line ---------------------------------------------------------------------------------------------
 class OneLineParser(argparse.ArgumentParser):
-    """argparse with rs-pgd's error style: one ``Error:`` line, exit status 2."""
+    """argparse with rs-pgd's error style (one ``Error:`` line, exit status 2); ``--help`` shows the whole docstring."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         fail(f"{message} (see '{self.prog} --help')")

@@ -39,7 +39,7 @@ NODATA = 0
 
 
 def parser():
-    p = sr.OneLineParser(prog="worldcover_labels.py", description=__doc__.split("\n\n")[0])
+    p = sr.OneLineParser(prog="worldcover_labels.py", description=__doc__)
     p.add_argument("--like", required=True, metavar="SCENE", help="Scene whose grid the labels take (path or URL).")
     p.add_argument("--year", type=int, choices=(2020, 2021), default=2021, help="WorldCover edition (default 2021).")
     p.add_argument("--stac-url", default=sr.PLANETARY_COMPUTER, help=f"STAC API (default {sr.PLANETARY_COMPUTER}).")
