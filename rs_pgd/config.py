@@ -30,6 +30,7 @@ class FitConfig:
     all_touched: bool = False
     bands: list | None = None
     preset: str | None = None
+    nodata: float | None = None
     arch: str = defaults.ARCH
     encoder: str = defaults.ENCODER
     encoder_weights: str | None = None

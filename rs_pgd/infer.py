@@ -70,7 +70,8 @@ class Backend:
 @gdal_env()
 def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend="none", probabilities=None,
             probability_dtype="uint8", preview=None, batch_size=None, device="auto", precision="auto",
-            workers=None, cog=True, progress=True) -> PredictResult:
+            workers=None, cog=True, progress=True, nodata=None, bbox=None, bbox_crs="EPSG:4326",
+            aoi=None) -> PredictResult:
     """Predict a class map for ``scene`` with the checkpoint ``model`` and write it to ``output``.
 
     Parameters
@@ -103,6 +104,11 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
         windows read in this process (``workers`` is not used).
     cog : bool
         Write a Cloud Optimized GeoTIFF (tiled, DEFLATE, mode overviews); otherwise a tiled GeoTIFF.
+    nodata : float, optional
+        Stored fill value the scene does not tag; default: the ``nodata`` the model was trained with, if any.
+    bbox, bbox_crs, aoi : optional
+        Predict only the area ``bbox = (W, S, E, N)`` (in ``bbox_crs``) or the bounds of the vector file ``aoi``:
+        the output covers that area snapped to the scene's pixels, and only the windows it needs are read.
     """
     import time
 
@@ -122,11 +128,12 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     else:
         backend = _torch_backend(model, device, precision, batch_size, workers)
     return _predict_windows(backend, model, scene, output, tile, margin, stride, blend, probabilities,
-                            probability_dtype, preview, cog, progress, started)
+                            probability_dtype, preview, cog, progress, started, nodata,
+                            _area(bbox, bbox_crs, aoi))
 
 
 def _predict_windows(backend: Backend, model, scene, output, tile, margin, stride, blend, probabilities,
-                     probability_dtype, preview, cog, progress, started) -> PredictResult:
+                     probability_dtype, preview, cog, progress, started, nodata=None, area=None) -> PredictResult:
     """The window loop shared by every backend: read, run ``backend.forward``, stitch, write."""
     import time
 
@@ -137,7 +144,7 @@ def _predict_windows(backend: Backend, model, scene, output, tile, margin, strid
 
     meta = backend.meta
     classes = ClassTable.from_dict(meta["classes"])
-    reader = _open_scene_for(meta, scene, model)
+    reader = _open_scene_for(meta, scene, model, nodata, area)
     geometry = meta.get("geometry", {})
     tile, margin, stride = backend.geometry(tile, margin, stride)
     grid = WindowGrid(reader.height, reader.width, tile, margin, stride, align=int(geometry.get("align", 32)))
@@ -208,17 +215,30 @@ def _torch_backend(model, device, precision, batch_size, workers) -> Backend:
     return Backend(meta, _torch_forward(net, dev, prec), batches, geometry)
 
 
-def _open_scene_for(meta: dict, scene, model):
+def _area(bbox, bbox_crs, aoi):
+    """(bbox, crs) of the area to predict, or None for the whole scene."""
+    from rs_pgd.raster import aoi_bbox
+
+    if aoi is not None:
+        return aoi_bbox(aoi)
+    return (bbox, bbox_crs) if bbox is not None else None
+
+
+def _open_scene_for(meta: dict, scene, model, nodata=None, area=None):
     """Open ``scene`` with the checkpoint's bands and preset; a scene that does not fit is a clear error."""
     from rs_pgd.config import check_scene_bands
-    from rs_pgd.raster import SceneReader, require_north_up, scene_info
+    from rs_pgd.raster import SceneReader, require_north_up, scene_info, window_for_bbox
 
     info = scene_info(scene)
     require_north_up(info)  # a rotated or GCP-only output would be misplaced by most GIS tools
     check_scene_bands(meta, info.count, model, scene)
     bands = meta.get("bands") or []
     needed = meta["model"]["in_channels"]
-    reader = SceneReader(scene, bands=bands or None, preset=meta.get("preset") or "generic")
+    if nodata is None:
+        nodata = (meta.get("config") or {}).get("nodata")  # the fill value the model was trained with
+    window = window_for_bbox(info, *area) if area is not None else None
+    reader = SceneReader(scene, bands=bands or None, preset=meta.get("preset") or "generic", nodata=nodata,
+                         window=window)
     if reader.count != needed:
         raise CheckpointError(
             f"the model {Path(model).name} takes {needed} band(s) but {Path(scene).name} gives {reader.count}; "

@@ -8,33 +8,52 @@ import numpy as np
 
 from rs_pgd.grid import WindowGrid, suggest_geometry
 
+FILL_NOTE_FRACTION = 0.01
+"""Share of pixels holding one candidate fill value in every band above which ``info`` points them out."""
+FILL_NOTE_FRACTION_MAX = 0.05
+"""The same for the dtype's largest value, which saturated pixels (bright clouds, snow) also hold."""
 
-def describe(scene, labels=None, *, class_column=None, layer=None, bands=None, preset=None, tile: int = 1024) -> dict:
+
+def describe(scene, labels=None, *, class_column=None, layer=None, bands=None, preset=None, nodata=None,
+             tile: int = 1024) -> dict:
     """Describe ``scene`` (and ``labels``): facts, nodata share, classes with pixel counts, suggested geometry.
 
     Everything is computed window by window; no scene-sized array is held.
 
+    Parameters
+    ----------
+    nodata : float, optional
+        Fill value the file does not tag (as ``fit --nodata``): counted as nodata.
+
     Returns
     -------
     dict
-        JSON-ready: ``scene`` (facts), ``nodata_fraction``, ``preset``, ``bands``, ``suggested`` (tile, margin,
-        stride, window), ``labels`` (path, classes with pixel counts, overlap, notes) when labels are given, and
-        ``notes`` (plain-English problems and what rs-pgd will do about them).
+        JSON-ready: ``scene`` (facts), ``nodata_fraction``, ``fill_candidates`` (values such as 0 or the dtype's
+        maximum found in every band of valid pixels, with their share), ``preset``, ``bands``, ``suggested``
+        (tile, margin, stride, window), ``labels`` (path, classes with pixel counts, overlap, notes) when labels
+        are given, and ``notes`` (plain-English problems and what rs-pgd will do about them).
     """
     from rs_pgd.raster import SceneReader, scene_info
     from rs_pgd.runtime import runtime_report
 
     info = scene_info(scene)
-    reader = SceneReader(scene, bands=bands, preset=preset or "generic")
+    reader = SceneReader(scene, bands=bands, preset=preset or "generic", nodata=nodata)
+    invalid, fills = _scan_validity(reader, tile)
     report = {
         "scene": info.to_dict(),
         "preset": reader.preset.name,
         "bands": list(reader.bands),
-        "nodata_fraction": round(_nodata_fraction(reader, tile), 6),
+        "nodata_fraction": round(invalid, 6),
+        "fill_candidates": [{"value": v, "fraction": round(f, 6)} for v, f in fills.items()],
         "suggested": suggest_geometry(info.height, info.width),
         "notes": list(info.problems),
         "runtime": runtime_report(),
     }
+    report["notes"] += _fill_notes(fills, reader)
+    for band in info.alpha_bands:
+        report["notes"].append(f"band {band} is an alpha band: rs-pgd reads it as a validity mask (transparent = "
+                               "nodata), not as a model band; if it holds data (e.g. near infrared), clear its alpha "
+                               "interpretation: rio edit-info --colorinterp red,green,blue,undefined SCENE")
     if not info.georeferenced:
         report["notes"].append("scene is not properly georeferenced: vector labels cannot be placed on it; "
                                "use a label raster on the same pixel grid")
@@ -44,13 +63,75 @@ def describe(scene, labels=None, *, class_column=None, layer=None, bands=None, p
     return report
 
 
-def _nodata_fraction(reader, tile: int) -> float:
+def _scan_validity(reader, tile: int) -> tuple[float, dict]:
+    """Share of invalid pixels, and the share of valid pixels that look like fill, per candidate value.
+
+    A candidate (:func:`fill_candidates`) counts when it is in every selected band of a valid pixel, and only if
+    such pixels also reach the scene's edge: fill is what lies outside an image's footprint, so it touches the
+    border; a dark lake or a saturated cloud in the middle does not.
+    """
     grid = WindowGrid(reader.height, reader.width, tile, 0, align=1)
+    candidates = fill_candidates(reader.dtype, reader.count)
     invalid = 0
+    counts = dict.fromkeys(candidates, 0)
+    on_edge = dict.fromkeys(candidates, False)
     for window in grid:
-        data = reader.read(window.bounds)
-        invalid += int((~data.valid & data.inside).sum())
-    return invalid / (reader.height * reader.width)
+        raw, valid = reader.read_stored(window.bounds)
+        invalid += int((~valid).sum())
+        edge = _edge_mask(window.bounds, reader.height, reader.width, valid.shape)
+        for value in candidates:
+            fill = valid & np.all(raw == value, axis=0)
+            counts[value] += int(fill.sum())
+            on_edge[value] = on_edge[value] or bool((fill & edge).any())
+    total = reader.height * reader.width
+    return invalid / total, {v: c / total for v, c in counts.items() if c and on_edge[v]}
+
+
+def _edge_mask(bounds, height: int, width: int, shape) -> np.ndarray:
+    """True on the pixels of a (clipped) window that lie on the scene's outermost rows and columns."""
+    row0, col0 = max(bounds[0], 0), max(bounds[1], 0)
+    rows = np.arange(row0, row0 + shape[0])
+    cols = np.arange(col0, col0 + shape[1])
+    return ((rows == 0) | (rows == height - 1))[:, None] | ((cols == 0) | (cols == width - 1))[None, :]
+
+
+def fill_candidates(dtype: str, count: int = 2) -> list:
+    """Values that tools write as fill: 0, -9999, and the extremes of an integer dtype.
+
+    With one band, 0 and the largest value are too often real data (a class, dark water, saturation): only
+    -9999 and a signed dtype's smallest value remain.
+    """
+    kind = np.dtype(dtype)
+    values = {-9999}
+    if count > 1:
+        values.add(0)
+    if kind.kind in "iu":
+        info = np.iinfo(kind)
+        if kind.kind == "i":
+            values.add(int(info.min))
+        if count > 1:
+            values.add(int(info.max))
+        return sorted(v for v in values if info.min <= v <= info.max)
+    return sorted(values)
+
+
+def _fill_threshold(value, dtype: str) -> float:
+    kind = np.dtype(dtype)
+    if kind.kind in "iu" and value == np.iinfo(kind).max:
+        return FILL_NOTE_FRACTION_MAX
+    return FILL_NOTE_FRACTION
+
+
+def _fill_notes(fills: dict, reader) -> list[str]:
+    notes = []
+    for value, fraction in fills.items():
+        if fraction >= _fill_threshold(value, reader.dtype):
+            notes.append(
+                f"{100 * fraction:.1f} % of the pixels are {value:g} in every band, reach the scene's edge and are "
+                f"not marked as nodata: if they are fill (outside the image), pass --nodata {value:g} to info, fit "
+                f"and predict, or tag the file (rio edit-info --nodata {value:g} {reader.path})"
+            )
+    return notes
 
 
 def _describe_labels(labels, info, class_column, layer, tile) -> dict:
@@ -89,6 +170,8 @@ def format_report(report: dict) -> str:
         f"resolution   {s['res'][0]:g} x {s['res'][1]:g}",
         f"bounds       {', '.join(f'{v:.6g}' for v in s['bounds'])}",
         f"nodata       {s['nodata']}  ({100 * report['nodata_fraction']:.1f} % of pixels invalid)",
+        *[f"fill?        {c['value']:g} in every band: {100 * c['fraction']:.1f} % of pixels"
+          for c in report.get("fill_candidates", []) if c["fraction"] >= _fill_threshold(c["value"], s["dtype"])],
         f"layout       {'tiled' if s['tiled'] else 'striped'}, blocks {s['block_shapes'][0][0]}x{s['block_shapes'][0][1]}",
         f"preset       {report['preset']}, bands {report['bands']}",
     ]

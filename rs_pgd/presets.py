@@ -177,39 +177,55 @@ def _parse_band_item(item) -> int | str:
     return int(item)
 
 
-def resolve_bands(bands, count: int, preset: str | Preset | None = "generic") -> tuple[int, ...]:
+def resolve_bands(bands, count: int, preset: str | Preset | None = "generic", *, descriptions=(),
+                  alpha=()) -> tuple[int, ...]:
     """Turn a band selection into 1-based rasterio band indexes.
 
     Parameters
     ----------
     bands : None, str, or sequence of int or str
-        None selects the preset's default bands, or every band. Items are 1-based band numbers or band names of
-        the preset (case-insensitive, ``"B4"`` also matches ``"B04"``). A string is parsed by :func:`parse_bands`.
+        None selects the preset's default bands, or every band that is not an alpha band. Items are 1-based
+        band numbers, the scene's band descriptions, or band names of the preset (case-insensitive, ``"B4"``
+        also matches ``"B04"``). A string is parsed by :func:`parse_bands`.
     count : int
         Number of bands in the scene.
     preset : str or Preset
         Preset that names the bands.
+    descriptions : sequence of (str or None)
+        The scene's band descriptions, band 1 first. A name that matches one wins over the preset's band order,
+        so a file holding a subset of a product's bands (B02, B03, B04, B08 written by a data recipe) is read
+        right.
+    alpha : sequence of int
+        1-based alpha bands of the scene: masks, never selected by default and refused when asked for.
 
     Raises
     ------
     PresetError
-        If a band number is out of range or a name is not one of the preset's band names.
+        If a band number is out of range, a name is neither a band description nor one of the preset's band
+        names, or an alpha band is selected.
     """
     preset = get_preset(preset)
     if isinstance(bands, str):
         bands = parse_bands(bands)
     if bands is None:
-        bands = preset.default_bands or range(1, count + 1)
-    indexes = tuple(_band_index(item, count, preset) for item in bands)
+        bands = preset.default_bands or [b for b in range(1, count + 1) if b not in set(alpha)]
+    indexes = tuple(_band_index(item, count, preset, descriptions) for item in bands)
     if not indexes:
         raise PresetError("empty band selection: give at least one band, e.g. --bands 1,2,3")
+    masks = [b for b in indexes if b in set(alpha)]
+    if masks:
+        raise PresetError(
+            f"band {masks[0]} is the scene's alpha band, a validity mask rather than data: leave it out of --bands "
+            "(its transparent pixels are nodata already); if it holds data, clear its alpha interpretation with "
+            "rio edit-info --colorinterp"
+        )
     return indexes
 
 
-def _band_index(item, count: int, preset: Preset) -> int:
+def _band_index(item, count: int, preset: Preset, descriptions=()) -> int:
     item = _parse_band_item(item)
     if isinstance(item, str):
-        index = _name_to_index(item, preset)
+        index = _description_index(item, descriptions) or _name_to_index(item, preset)
     else:
         index = item
     if not 1 <= index <= count:
@@ -217,6 +233,14 @@ def _band_index(item, count: int, preset: Preset) -> int:
             f"band {item} is out of range: the scene has {count} band{'s' if count != 1 else ''} (numbered 1 to {count})"
         )
     return index
+
+
+def _description_index(name: str, descriptions) -> int | None:
+    wanted = _normal_band_name(name)
+    for position, description in enumerate(descriptions or (), start=1):
+        if description and _normal_band_name(description) == wanted:
+            return position
+    return None
 
 
 def _name_to_index(name: str, preset: Preset) -> int:

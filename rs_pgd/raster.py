@@ -11,12 +11,20 @@ scene one pixel wide), so a window equals the same slice of the whole scene refl
 
 Validity follows GDAL: a pixel is valid when every selected band has data there according to the band masks
 (nodata tag, internal or external mask band, alpha band), its value is finite, and it differs from the preset's
-nodata DN. Invalid pixels read as 0 after scaling.
+nodata DN (or the user's ``nodata`` value, for fill pixels the file does not tag). Invalid pixels read as 0
+after scaling. Alpha bands (colour interpretation ``alpha``) are masks, never model bands: the default band
+selection leaves them out and GDAL's band masks already turn their zeros into invalid pixels.
+
+Scenes may be remote: ``https://`` URLs (read through GDAL's ``/vsicurl/``), ``s3://``, ``gs://``, ``az://`` and
+any ``/vsi...`` path. Every open and read of a remote scene runs inside :func:`remote_env`, GDAL settings made for
+windowed range reads (no directory listing, bounded caches, retries); a network failure is one
+:class:`~rs_pgd.errors.SceneError` line naming the URL.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import warnings
@@ -26,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
-from rasterio.enums import MaskFlags
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
@@ -70,6 +78,8 @@ class SceneInfo:
         Plain-English warnings, empty when all is well.
     band_descriptions : tuple of (str or None)
     dtypes : tuple of str
+    alpha_bands : tuple of int
+        1-based bands whose colour interpretation is alpha: validity masks, not data.
     """
 
     path: str
@@ -89,6 +99,7 @@ class SceneInfo:
     problems: tuple[str, ...] = ()
     band_descriptions: tuple[str | None, ...] = ()
     dtypes: tuple[str, ...] = field(default=())
+    alpha_bands: tuple[int, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -114,6 +125,7 @@ class SceneInfo:
             "georeferenced": self.georeferenced,
             "problems": list(self.problems),
             "band_descriptions": list(self.band_descriptions),
+            "alpha_bands": list(self.alpha_bands),
         }
 
 
@@ -130,17 +142,82 @@ def scene_info(path) -> SceneInfo:
         return _describe(ds, path)
 
 
+REMOTE_SCHEMES = {"http://": "/vsicurl/", "https://": "/vsicurl/", "s3://": "/vsis3/", "gs://": "/vsigs/",
+                  "az://": "/vsiaz/"}
+"""URL schemes rs-pgd turns into GDAL virtual file system paths (``s3://bucket/key`` -> ``/vsis3/bucket/key``)."""
+
+REMOTE_GDAL_OPTIONS = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing, no probing for sidecar files
+    "GDAL_HTTP_MAX_RETRY": "3",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+    "GDAL_HTTP_CONNECTTIMEOUT": "15",
+    "GDAL_HTTP_TIMEOUT": "60",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MULTIPLEX": "YES",
+    "VSI_CACHE": "TRUE",
+    "VSI_CACHE_SIZE": str(32 * 2**20),
+    "CPL_VSIL_CURL_CACHE_SIZE": str(64 * 2**20),
+}
+"""GDAL settings for windowed reads of remote COGs: a window costs a few range requests, caches stay bounded
+(32 MiB per open file, 64 MiB of downloaded chunks per process) and transient HTTP errors are retried. Only remote
+scenes get them: ``EMPTY_DIR`` would hide a local file's ``.msk``/``.aux.xml`` sidecars. A value set in the
+environment (e.g. ``GDAL_HTTP_MAX_RETRY=10``) wins."""
+
+
+def is_remote(path) -> bool:
+    """True for URLs and GDAL virtual file system paths (``/vsicurl/``, ``/vsis3/``, ``/vsizip/``, ...)."""
+    text = os.fspath(path)
+    return text.startswith("/vsi") or "://" in text
+
+
+def gdal_path(path) -> str:
+    """The path GDAL opens: ``https://`` -> ``/vsicurl/https://``, ``s3://b/k`` -> ``/vsis3/b/k``; others unchanged."""
+    text = os.fspath(path)
+    for scheme, prefix in REMOTE_SCHEMES.items():
+        if text.startswith(scheme):
+            return prefix + (text if prefix == "/vsicurl/" else text[len(scheme):])
+    return text
+
+
+def remote_options() -> dict:
+    """:data:`REMOTE_GDAL_OPTIONS` less those the user set in the environment."""
+    return {k: v for k, v in REMOTE_GDAL_OPTIONS.items() if k not in os.environ}
+
+
+def remote_env(path=None):
+    """A ``rasterio.Env`` with :data:`REMOTE_GDAL_OPTIONS` for a remote ``path`` (or for any when None).
+
+    rasterio's Env sets GDAL options for the calling thread while it is entered, so every open *and* read of a
+    remote dataset runs inside one; a local path gets a no-op context.
+    """
+    if path is not None and not (is_remote(path) or is_stac_item(path)):
+        return contextlib.nullcontext()
+    return rasterio.Env(**remote_options())
+
+
 def open_scene(path):
-    """Open a raster with rasterio, turning every failure into a one-line :class:`SceneError`."""
+    """Open a raster with rasterio, turning every failure into a one-line :class:`SceneError`.
+
+    ``path`` may be a local file, a URL (``https://``, ``s3://``, ...) or a GDAL ``/vsi...`` path.
+    """
     text = os.fspath(path)
     if _is_local(text):
         _check_local_file(Path(text))
+    if is_stac_item(text):
+        source = stac_item_vrt(text)
+    else:
+        source = gdal_path(text)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), remote_env(text):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(text)
+            return rasterio.open(source)
     except RasterioIOError as exc:
-        if _is_local(text) and _has_tiff_magic(Path(text)):
+        if not _is_local(text):
+            raise SceneError(
+                f"cannot open {text} ({_first_line(exc)}): check the URL or path and your network connection, "
+                "then run again"
+            ) from exc
+        if _has_tiff_magic(Path(text)):
             raise SceneError(
                 f"{text} looks like a TIFF but GDAL cannot read it (corrupt or truncated): copy or download it again"
             ) from exc
@@ -149,8 +226,136 @@ def open_scene(path):
         ) from exc
 
 
+# -- STAC items as scenes ---------------------------------------------------------------------------------------
+STAC_SKIPPED_ROLES = {"thumbnail", "overview", "metadata", "visual"}
+
+
+def is_stac_item(path) -> bool:
+    """True for a path or URL ending in ``.json`` (a STAC item: its image assets are read as one scene)."""
+    text = os.fspath(path).split("?", 1)[0].lower()
+    return text.endswith(".json") or text.endswith(".geojson")
+
+
+@functools.lru_cache(maxsize=16)
+def stac_item_vrt(path: str) -> str:
+    """A GDAL VRT (XML text) that stacks the image assets of the STAC item at ``path`` as bands.
+
+    Bands keep the item's asset order and are described by their asset keys, so ``--bands red,green,nir`` picks
+    them (see :func:`rs_pgd.presets.resolve_bands`). The grid is that of the finest asset; coarser assets of the
+    same CRS (20 m bands next to 10 m ones) are resampled onto it with nearest neighbour by GDAL. Assets with
+    another CRS or a role such as thumbnail or overview are left out. Each asset's ``raster:bands`` nodata,
+    scale and offset are recorded in the VRT band.
+    """
+    item = _load_item(path)
+    assets = []
+    for key, asset in (item.get("assets") or {}).items():
+        if not _is_image_asset(asset):
+            continue
+        href = _resolve_href(path, asset["href"])
+        try:
+            with remote_env(href), rasterio.open(gdal_path(href)) as ds:
+                assets.append((key, asset, gdal_path(href), ds.crs, ds.transform, ds.width, ds.height, ds.dtypes[0],
+                               ds.nodata))
+        except RasterioIOError as exc:
+            raise SceneError(f"cannot open asset {key!r} of {path} ({_first_line(exc)}): check the item and your "
+                             "network connection") from exc
+    if not assets:
+        raise SceneError(f"the STAC item {path} has no GeoTIFF image asset: give an item with COG assets")
+    ref = min(assets, key=lambda a: abs(a[4].a * a[4].e))
+    crs, t, width, height = ref[3], ref[4], ref[5], ref[6]
+    bands = [a for a in assets if a[3] == crs]
+    parts = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
+             f"<SRS>{_xml(crs.to_wkt())}</SRS>",
+             f"<GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>"]
+    for number, (key, asset, href, _, st, sw, sh, dtype, nodata) in enumerate(bands, start=1):
+        raster = (asset.get("raster:bands") or [{}])[0]
+        nodata = raster.get("nodata", nodata)
+        x0, y0 = (st.c - t.c) / t.a, (st.f - t.f) / t.e
+        x1, y1 = (st.c + sw * st.a - t.c) / t.a, (st.f + sh * st.e - t.f) / t.e
+        parts += [f'<VRTRasterBand dataType="{_GDAL_TYPES.get(dtype, "Float32")}" band="{number}">',
+                  f"<Description>{_xml(key)}</Description>"]
+        if nodata is not None:
+            parts.append(f"<NoDataValue>{float(nodata)!r}</NoDataValue>")
+        if "scale" in raster or "offset" in raster:
+            parts += [f"<Offset>{float(raster.get('offset', 0.0))!r}</Offset>",
+                      f"<Scale>{float(raster.get('scale', 1.0))!r}</Scale>"]
+        source = "ComplexSource" if nodata is not None else "SimpleSource"
+        parts += [f'<{source} resampling="nearest">',
+                  f'<SourceFilename relativeToVRT="0">{_xml(href)}</SourceFilename><SourceBand>1</SourceBand>',
+                  f'<SrcRect xOff="0" yOff="0" xSize="{sw}" ySize="{sh}"/>',
+                  f'<DstRect xOff="{x0!r}" yOff="{y0!r}" xSize="{x1 - x0!r}" ySize="{y1 - y0!r}"/>',
+                  *([f"<NODATA>{float(nodata)!r}</NODATA>"] if nodata is not None else []),
+                  f"</{source}>", "</VRTRasterBand>"]
+    parts.append("</VRTDataset>")
+    return "".join(parts)
+
+
+_GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
+               "int32": "Int32", "float32": "Float32", "float64": "Float64"}
+
+
+def _xml(text: str) -> str:
+    from xml.sax.saxutils import escape
+
+    return escape(str(text))
+
+
+def _load_item(path: str) -> dict:
+    import json
+    import urllib.request
+
+    try:
+        if "://" in path:
+            with urllib.request.urlopen(path, timeout=30) as response:  # noqa: S310 - the user's own URL
+                item = json.loads(response.read())
+        else:
+            item = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SceneError(f"cannot read the STAC item {path} ({type(exc).__name__}: {exc}): check the path or URL "
+                         "and your network connection") from exc
+    if not isinstance(item, dict) or item.get("type") != "Feature" or not isinstance(item.get("assets"), dict):
+        raise SceneError(f"{path} is not a STAC item (a GeoJSON Feature with assets): give an item.json")
+    return item
+
+
+def _is_image_asset(asset) -> bool:
+    if not isinstance(asset, dict) or "href" not in asset:
+        return False
+    if set(asset.get("roles") or []) & STAC_SKIPPED_ROLES:
+        return False
+    kind = str(asset.get("type") or "")
+    href = str(asset["href"]).split("?", 1)[0].lower()
+    return "tiff" in kind or (not kind and href.endswith((".tif", ".tiff")))
+
+
+def _resolve_href(item_path: str, href: str) -> str:
+    from urllib.parse import urljoin
+
+    if "://" in href or href.startswith("/"):
+        return href
+    if "://" in item_path:
+        return urljoin(item_path, href)
+    return str(Path(item_path).resolve().parent / href)
+
+
+def _first_line(exc) -> str:
+    lines = gdal_message(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def gdal_message(exc) -> str:
+    """The message of a rasterio error, or of the GDAL error behind it ("Read failed. See previous exception")."""
+    seen = 0
+    while "see previous exception" in str(exc).lower() and seen < 5:
+        cause = exc.__cause__ or exc.__context__
+        if cause is None:
+            break
+        exc, seen = cause, seen + 1
+    return str(exc)
+
+
 def _is_local(text: str) -> bool:
-    return not (text.startswith("/vsi") or "://" in text)
+    return not is_remote(text)
 
 
 def _check_local_file(path: Path) -> None:
@@ -179,8 +384,13 @@ def _check_last_block(ds, path) -> None:
     col_off = (ds.width - 1) // block_cols * block_cols
     last = Window(col_off, row_off, ds.width - col_off, ds.height - row_off)
     try:
-        ds.read(sorted({1, ds.count}), window=last)
+        with remote_env(path):
+            ds.read(sorted({1, ds.count}), window=last)
     except RasterioIOError as exc:
+        if is_remote(path):
+            raise SceneError(
+                f"reading {path} failed ({_first_line(exc)}): check your network connection and run again"
+            ) from exc
         raise SceneError(
             f"{path} is corrupt or truncated (its last block cannot be read): copy it again"
         ) from exc
@@ -209,7 +419,13 @@ def _describe(ds, path) -> SceneInfo:
         problems=tuple(_problems(crs, transform, identity, has_gcps)),
         band_descriptions=tuple(ds.descriptions),
         dtypes=tuple(ds.dtypes),
+        alpha_bands=alpha_bands(ds),
     )
+
+
+def alpha_bands(ds) -> tuple[int, ...]:
+    """1-based indexes of the bands of an open dataset whose colour interpretation is alpha."""
+    return tuple(i for i, interp in enumerate(ds.colorinterp, start=1) if interp == ColorInterp.alpha)
 
 
 def require_north_up(info: SceneInfo, vector_labels: bool = False) -> None:
@@ -320,9 +536,17 @@ class SceneReader:
     path : str or path-like
         Any raster GDAL can open.
     bands : None, str, or sequence of int or str
-        Bands to read: 1-based numbers or the preset's band names; None for the preset's default or every band.
+        Bands to read: 1-based numbers, the scene's band descriptions or the preset's band names; None for the
+        preset's default or every band except alpha bands.
     preset : str or Preset
         How to scale stored values (see :mod:`rs_pgd.presets`).
+    nodata : float, optional
+        Stored value that means "no data" in this scene although the file does not say so (fill pixels): a pixel
+        where any selected band holds it is invalid. Replaces the preset's nodata DN; NaN is allowed.
+    window : rasterio.windows.Window, optional
+        Read only this part of the scene (an area of interest, see :func:`window_for_bbox`): it becomes "the
+        scene" (height, width, transform), but windows reaching past it read the real pixels around it as
+        context, and reflect only at the file's own edges. ``inside`` is False outside the part.
 
     Attributes
     ----------
@@ -334,21 +558,30 @@ class SceneReader:
     crs, transform, nodata, preset, dtype
     """
 
-    def __init__(self, path, bands=None, preset: str | Preset = "generic"):
+    def __init__(self, path, bands=None, preset: str | Preset = "generic", nodata: float | None = None,
+                 window: Window | None = None):
         self.path = os.fspath(path)
         self.preset = get_preset(preset)
         self._dataset = None
         self._pid = None
         ds = self._open()
-        self.height = ds.height
-        self.width = ds.width
+        self.file_height, self.file_width = ds.height, ds.width
+        self.window = _check_window(window, ds) if window is not None else None
+        self.row_off = int(self.window.row_off) if self.window is not None else 0
+        self.col_off = int(self.window.col_off) if self.window is not None else 0
+        self.height = int(self.window.height) if self.window is not None else ds.height
+        self.width = int(self.window.width) if self.window is not None else ds.width
         self.scene_count = ds.count
-        self.bands = resolve_bands(bands, ds.count, self.preset)
+        self.alpha_bands = alpha_bands(ds)
+        self.bands = resolve_bands(bands, ds.count, self.preset, descriptions=ds.descriptions,
+                                   alpha=self.alpha_bands)
         self.count = len(self.bands)
         self.crs = ds.crs
-        self.transform = ds.transform
+        self.transform = ds.window_transform(self.window) if self.window is not None else ds.transform
         self.dtype = ds.dtypes[self.bands[0] - 1]
-        self.nodata = ds.nodata if ds.nodata is not None else self.preset.nodata
+        self.fill_value = _check_nodata(nodata, self.dtype) if nodata is not None else self.preset.nodata
+        self.nodata = nodata if nodata is not None else (ds.nodata if ds.nodata is not None else self.preset.nodata)
+        self.remote = is_remote(self.path) or is_stac_item(self.path)
         self._all_valid = all(MaskFlags.all_valid in ds.mask_flag_enums[i - 1] for i in self.bands)
         self._floating = any(np.issubdtype(np.dtype(ds.dtypes[i - 1]), np.floating) for i in self.bands)
 
@@ -400,8 +633,8 @@ class SceneReader:
         filled by reflection about the scene edges, never with zeros pretending to be data.
         """
         row_start, col_start, row_stop, col_stop = _check_bounds(bounds)
-        rows = reflect_indices(row_start, row_stop, self.height)
-        cols = reflect_indices(col_start, col_stop, self.width)
+        rows = reflect_indices(row_start + self.row_off, row_stop + self.row_off, self.file_height)
+        cols = reflect_indices(col_start + self.col_off, col_stop + self.col_off, self.file_width)
         raw, valid = self._read_source(
             int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
         )
@@ -412,19 +645,37 @@ class SceneReader:
         )
         return WindowData(image=image, valid=valid, inside=inside)
 
+    def read_stored(self, bounds) -> tuple[np.ndarray, np.ndarray]:
+        """Stored values (C, H, W, the file's dtype) and validity (H, W) of a window, clipped to the scene."""
+        row_start, col_start, row_stop, col_stop = _check_bounds(bounds)
+        row0, col0 = max(row_start, 0), max(col_start, 0)
+        row1, col1 = min(row_stop, self.height), min(col_stop, self.width)
+        if row1 <= row0 or col1 <= col0:
+            raise GridError(f"bounds {bounds!r} lie outside the scene ({self.height} x {self.width} pixels)")
+        r, c = self.row_off, self.col_off
+        return self._read_source(row0 + r, row1 + r, col0 + c, col1 + c)
+
     def _read_source(self, row0: int, row1: int, col0: int, col1: int) -> tuple[np.ndarray, np.ndarray]:
         """Read a window that lies inside the scene: raw values and the per-pixel validity."""
         ds = self._open()
         window = Window(col0, row0, col1 - col0, row1 - row0)
-        raw = ds.read(self.bands, window=window, masked=False)
-        if self._all_valid:
-            valid = np.ones(raw.shape[1:], dtype=bool)
-        else:
-            valid = np.all(ds.read_masks(self.bands, window=window) > 0, axis=0)
+        try:
+            with remote_env(self.path):
+                raw = ds.read(self.bands, window=window, masked=False)
+                if self._all_valid:
+                    valid = np.ones(raw.shape[1:], dtype=bool)
+                else:
+                    valid = np.all(ds.read_masks(self.bands, window=window) > 0, axis=0)
+        except RasterioIOError as exc:
+            what = "check your network connection and run again" if self.remote else "the file may be corrupt; copy it again"
+            raise SceneError(f"reading {self.path} failed ({_first_line(exc)}): {what}") from exc
         if self._floating:
             valid &= np.all(np.isfinite(raw), axis=0)
-        if self.preset.nodata is not None:
-            valid &= ~np.any(raw == self.preset.nodata, axis=0)
+        if self.fill_value is not None:
+            if isinstance(self.fill_value, float) and math.isnan(self.fill_value):
+                valid &= ~np.any(np.isnan(raw), axis=0)
+            else:
+                valid &= ~np.any(raw == self.fill_value, axis=0)
         return raw, valid
 
     def _scale(self, raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -434,6 +685,83 @@ class SceneReader:
             image += np.float32(self.preset.offset)
         image[:, ~valid] = 0.0
         return image
+
+
+def _check_window(window, ds) -> Window:
+    window = Window(*(int(v) for v in (window.col_off, window.row_off, window.width, window.height)))
+    if (window.width < 1 or window.height < 1 or window.col_off < 0 or window.row_off < 0
+            or window.col_off + window.width > ds.width or window.row_off + window.height > ds.height):
+        raise GridError(f"window {window} does not lie inside the scene ({ds.height} x {ds.width} pixels)")
+    return window
+
+
+def window_for_bbox(info: SceneInfo, bbox, bbox_crs="EPSG:4326") -> Window:
+    """The scene pixels that cover ``bbox = (W, S, E, N)`` given in ``bbox_crs``, snapped outward, clipped.
+
+    Raises
+    ------
+    SceneError
+        If the scene has no CRS (with a bbox in another CRS), or the box does not overlap the scene.
+    """
+    from rasterio.warp import transform_bounds
+
+    try:
+        w, s, e, n = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise SceneError(f"--bbox {bbox!r} is not four numbers W S E N") from None
+    if not (w < e and s < n):
+        raise SceneError(f"--bbox {w:g} {s:g} {e:g} {n:g} needs W < E and S < N")
+    bbox_crs = CRS.from_user_input(bbox_crs) if bbox_crs is not None else info.crs
+    if info.crs is None:
+        raise SceneError(f"{info.path} has no CRS, so --bbox cannot be placed on it: assign one (rio edit-info --crs)")
+    if bbox_crs != info.crs:
+        w, s, e, n = transform_bounds(bbox_crs, info.crs, w, s, e, n, densify_pts=21)
+    t = info.transform
+    cols = sorted(((w - t.c) / t.a, (e - t.c) / t.a))
+    rows = sorted(((n - t.f) / t.e, (s - t.f) / t.e))
+    col0, col1 = max(math.floor(cols[0] + 1e-9), 0), min(math.ceil(cols[1] - 1e-9), info.width)
+    row0, row1 = max(math.floor(rows[0] + 1e-9), 0), min(math.ceil(rows[1] - 1e-9), info.height)
+    if col1 <= col0 or row1 <= row0:
+        scene = transform_bounds(info.crs, bbox_crs, *info.bounds, densify_pts=21)
+        raise SceneError(f"--bbox does not overlap {Path(info.path).name}, which covers "
+                         f"{', '.join(f'{v:.6g}' for v in scene)} in {crs_to_string(bbox_crs)}: check the box and "
+                         "--bbox-crs")
+    return Window(col0, row0, col1 - col0, row1 - row0)
+
+
+def aoi_bbox(path) -> tuple[tuple[float, float, float, float], object]:
+    """The bounds of a vector area of interest and its CRS (for :func:`window_for_bbox`)."""
+    import pyogrio
+
+    try:
+        meta = pyogrio.read_info(path)
+        bounds = pyogrio.read_bounds(path)[1]
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise SceneError(f"cannot read the area of interest {path} ({type(exc).__name__}): give a vector file "
+                         "such as a GeoPackage or GeoJSON") from exc
+    if bounds.size == 0:
+        raise SceneError(f"the area of interest {path} has no geometry: give a file with a polygon")
+    box = (float(bounds[0].min()), float(bounds[1].min()), float(bounds[2].max()), float(bounds[3].max()))
+    return box, meta.get("crs")
+
+
+def _check_nodata(value, dtype: str) -> float:
+    """A user's nodata value as a float that the scene's data type can hold (NaN only for float scenes)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SceneError(f"nodata {value!r} is not a number: give the stored fill value, e.g. --nodata 0") from None
+    kind = np.dtype(dtype)
+    if math.isnan(number):
+        if kind.kind != "f":
+            raise SceneError(f"nodata nan cannot occur in a {dtype} scene: give the stored fill value, e.g. --nodata 0")
+        return number
+    if kind.kind in "iu":
+        info = np.iinfo(kind)
+        if number != int(number) or not info.min <= number <= info.max:
+            raise SceneError(f"nodata {value} cannot occur in a {dtype} scene (integers {info.min}..{info.max}): "
+                             "give the stored fill value")
+    return number
 
 
 def reflect_indices(start: int, stop: int, length: int) -> np.ndarray:

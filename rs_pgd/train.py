@@ -497,7 +497,7 @@ def _open_sources(scenes, labels, c: FitConfig, n_train: int):
             warnings.warn(f"{Path(scene_path).name} is in a geographic CRS ({info.crs_string}): windows are square "
                           "in pixels, not in metres; fine for training, but reproject it (gdalwarp -t_srs) for "
                           "areas in m²", stacklevel=2)
-        reader = SceneReader(scene_path, bands=c.bands, preset=c.preset or "generic")
+        reader = SceneReader(scene_path, bands=c.bands, preset=c.preset or "generic", nodata=c.nodata)
         if reader0 is not None and reader.count != reader0.count:
             raise LabelError(f"{scene_path} has {reader.count} bands but {scenes[0]} has {reader0.count}; "
                              "give scenes with the same bands (see --bands)")

@@ -2,11 +2,16 @@
 
 import json
 import multiprocessing
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+import rasterio.shutil
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rasterio.control import GroundControlPoint
@@ -18,10 +23,15 @@ from rs_pgd.raster import (
     BandStats,
     SceneReader,
     compute_band_stats,
+    gdal_path,
+    is_remote,
     normalise,
     reflect_indices,
     scene_info,
 )
+
+sys.path.insert(0, str(Path(__file__).parent / "data"))
+import stac_server  # noqa: E402
 
 UTM = "EPSG:32618"
 TRANSFORM = from_origin(500000, 4000000, 10, 10)
@@ -448,3 +458,288 @@ def test_reader_on_the_demo_scene_edges(demo_scene):
     window = reader.read(bounds)
     np.testing.assert_array_equal(window.image, reflect_reference(np.where(valid, whole, 0), bounds))
     np.testing.assert_array_equal(window.valid, reflect_reference(valid, bounds))
+
+
+# -- cloud-native input: URLs and GDAL virtual paths, over a local HTTP server that honours Range --------------
+
+
+def write_cog(path, data, nodata=None, blocksize=64):
+    tmp = Path(path).with_suffix(".plain.tif")
+    write_scene(tmp, data, nodata=nodata)
+    rasterio.shutil.copy(tmp, path, driver="COG", blocksize=blocksize, compress="DEFLATE", overviews="NONE")
+    tmp.unlink()
+    return Path(path)
+
+
+@pytest.fixture
+def served_cog(tmp_path, monkeypatch):
+    """A 3-band 512 x 512 noise COG (large next to one window) and a server for it."""
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "1")
+    monkeypatch.setenv("GDAL_HTTP_RETRY_DELAY", "0.1")
+    data = np.random.default_rng(3).integers(1, 255, (3, 512, 512), dtype=np.uint8)
+    data[:, :20, :20] = 0
+    path = write_cog(tmp_path / "cog.tif", data, nodata=0)
+    with stac_server.StacServer(tmp_path) as server:
+        yield server, path, f"{server.url}/files/cog.tif"
+
+
+def test_gdal_path_of_urls():
+    assert gdal_path("https://host/a.tif") == "/vsicurl/https://host/a.tif"
+    assert gdal_path("s3://bucket/key/a.tif") == "/vsis3/bucket/key/a.tif"
+    assert gdal_path("gs://bucket/a.tif") == "/vsigs/bucket/a.tif"
+    assert gdal_path("/vsizip/x.zip/a.tif") == "/vsizip/x.zip/a.tif"
+    assert gdal_path("scene.tif") == "scene.tif"
+    assert is_remote("https://h/a.tif") and is_remote("/vsizip/x.zip/a.tif") and not is_remote("a/b.tif")
+
+
+def test_remote_windows_equal_local_windows_with_range_reads(served_cog):
+    server, path, url = served_cog
+    local, remote = SceneReader(path), SceneReader(url)
+    assert scene_info(url).to_dict() | {"path": None} == scene_info(path).to_dict() | {"path": None}
+    server.bytes_sent.clear()
+    for bounds in [(-30, -30, 70, 70), (200, 260, 264, 324), (480, 500, 560, 580)]:
+        a, b = local.read(bounds), remote.read(bounds)
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.valid, b.valid)
+    assert not remote.read((0, 0, 10, 10)).valid.any()  # the nodata corner
+    # three small windows need a few 64 px blocks, not the file
+    assert 0 < server.bytes_sent["cog.tif"] < path.stat().st_size / 4
+
+
+def test_remote_scene_in_a_zip(tmp_path):
+    import zipfile
+
+    data = np.arange(2 * 40 * 40, dtype=np.uint16).reshape(2, 40, 40)
+    write_scene(tmp_path / "s.tif", data)
+    with zipfile.ZipFile(tmp_path / "s.zip", "w") as z:
+        z.write(tmp_path / "s.tif", "inner/s.tif")
+    reader = SceneReader(f"/vsizip/{tmp_path / 's.zip'}/inner/s.tif")
+    np.testing.assert_array_equal(reader.read((0, 0, 40, 40)).image, data.astype(np.float32))
+
+
+def test_remote_failures_are_one_line_scene_errors(served_cog):
+    server, path, url = served_cog
+    with pytest.raises(SceneError, match="cannot open .*missing.tif.*network connection"):
+        scene_info(f"{server.url}/files/missing.tif")
+    reader = SceneReader(url)
+    server.drop.add("cog.tif")  # the header is cached; blocks past 64 KiB now fail mid-read
+    with pytest.raises(SceneError, match=r"reading .*cog.tif failed .*network connection") as caught:
+        reader.read((448, 448, 512, 512))
+    assert "\n" not in str(caught.value)
+    server.down = True
+    with pytest.raises(SceneError, match="cannot open"):
+        scene_info(f"{server.url}/files/cog2.tif")
+
+
+def test_info_cli_reads_a_url(served_cog):
+    server, path, url = served_cog
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    env.pop("RS_PGD_DEBUG", None)
+    ok = subprocess.run([sys.executable, "-m", "rs_pgd.cli.main", "info", url, "--json"], capture_output=True,
+                        text=True, env=env, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["scene"]["width"] == 512 and report["scene"]["count"] == 3
+    bad = subprocess.run([sys.executable, "-m", "rs_pgd.cli.main", "info", f"{server.url}/files/nope.tif"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Error: cannot open" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A COG scene with a fill block (0 in every band, no nodata tag) and a resnet18 U-Net fitted with nodata=0."""
+    import torch
+
+    import rs_pgd
+
+    folder = tmp_path_factory.mktemp("tiny_model")
+    rng = np.random.default_rng(5)
+    base = np.where(np.arange(128)[None, :] < 64, 40, 180) + np.zeros((96, 1), dtype=int)
+    data = np.stack([base + rng.integers(1, 20, base.shape) + 5 * b for b in range(3)]).astype(np.uint8)
+    data[:, 64:, :32] = 0  # fill
+    scene = write_cog(folder / "scene.tif", data, blocksize=64)
+    labels = folder / "labels.tif"
+    write_scene(labels, (base[None] > 100).astype(np.uint8) + 1, nodata=0)
+    model = folder / "m.safetensors"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the test machines are shared; one thread is the fastest there
+    try:
+        rs_pgd.fit(scene, labels, model, encoder="resnet18", tile=64, margin=32, epochs=1, max_steps=1, batch_size=4,
+                   precision="32", workers=0, progress=False, val_fraction=0, augment=False, nodata=0)
+    finally:
+        torch.set_num_threads(threads)
+    return folder, scene, model
+
+
+def predict_map(model, scene, out, **options):
+    import torch
+
+    import rs_pgd
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rs_pgd.predict(model, scene, out, tile=64, margin=32, precision="32", workers=0, progress=False, **options)
+    finally:
+        torch.set_num_threads(threads)
+    with rasterio.open(out) as ds:
+        return ds.read(1), ds.profile
+
+
+def test_predict_on_a_served_cog_equals_predict_on_the_local_file(tiny_model, tmp_path, monkeypatch):
+    folder, scene, model = tiny_model
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "1")
+    with stac_server.StacServer(folder) as server:
+        remote, remote_profile = predict_map(model, f"{server.url}/files/scene.tif", tmp_path / "remote.tif")
+        assert server.bytes_sent["scene.tif"] > 0
+    local, local_profile = predict_map(model, scene, tmp_path / "local.tif")
+    assert remote_profile["transform"] == local_profile["transform"] and remote_profile["crs"] == local_profile["crs"]
+    np.testing.assert_array_equal(remote, local)
+
+
+def test_predict_uses_the_training_nodata_unless_told(tiny_model, tmp_path):
+    folder, scene, model = tiny_model
+    default, _ = predict_map(model, scene, tmp_path / "default.tif")
+    fill = np.zeros(default.shape, bool)
+    fill[64:, :32] = True
+    assert (default[fill] == 255).all() and (default[~fill] != 255).all()  # nodata=0 came from the checkpoint
+    other, _ = predict_map(model, scene, tmp_path / "other.tif", nodata=254)  # no pixel is 254: all get a class
+    assert (other != 255).all()
+    np.testing.assert_array_equal(other[~fill], default[~fill])
+
+
+def test_predict_bbox_equals_the_same_part_of_the_whole_prediction(tiny_model, tmp_path):
+    folder, scene, model = tiny_model
+    whole, whole_profile = predict_map(model, scene, tmp_path / "whole.tif", nodata=254)
+    # columns 64..96, rows 0..64: the part starts on the 64 px tile grid, so its windows are the whole run's
+    x0, y1 = TRANSFORM.c + 64 * 10, TRANSFORM.f
+    part, profile = predict_map(model, scene, tmp_path / "part.tif", nodata=254,
+                                bbox=(x0 + 1, y1 - 640 + 1, x0 + 320 - 1, y1 - 1), bbox_crs=UTM)
+    assert part.shape == (64, 32)
+    assert profile["transform"] == whole_profile["transform"] * Affine.translation(64, 0)
+    np.testing.assert_array_equal(part, whole[:64, 64:96])
+    with pytest.raises(SceneError, match="does not overlap"):
+        predict_map(model, scene, tmp_path / "none.tif", bbox=(0, 0, 1, 1), bbox_crs=UTM)
+    assert not (tmp_path / "none.tif").exists()
+
+
+def test_predict_small_bbox_of_a_served_cog_reads_a_fraction_of_it(tiny_model, served_cog, tmp_path):
+    server, path, url = served_cog
+    model = tiny_model[2]
+    server.bytes_sent.clear()
+    part, profile = predict_map(model, url, tmp_path / "part.tif", bbox=(TRANSFORM.c + 2000, TRANSFORM.f - 2600,
+                                TRANSFORM.c + 2600, TRANSFORM.f - 2000), bbox_crs=UTM)
+    assert part.shape == (60, 60) and (part != 255).any()
+    assert 0 < server.bytes_sent["cog.tif"] < path.stat().st_size / 4
+
+
+# -- fill values without a nodata tag, alpha bands (issue 14 #9, #12) --------------------------------------------
+def test_user_nodata_marks_fill_pixels_invalid(tmp_path):
+    data = np.arange(1, 2 * 20 * 20 + 1, dtype=np.uint16).reshape(2, 20, 20)
+    data[:, :, :5] = 0  # fill in every band
+    data[1, 10, 10] = 0  # one band only: still "no data" for the pixel (GDAL's per-band nodata)
+    path = write_scene(tmp_path / "s.tif", data)
+    assert SceneReader(path).read((0, 0, 20, 20)).valid.all()
+    window = SceneReader(path, nodata=0).read((0, 0, 20, 20))
+    expected = ~np.any(data == 0, axis=0)
+    np.testing.assert_array_equal(window.valid, expected)
+    assert (window.image[:, ~expected] == 0).all()
+
+
+def test_user_nodata_replaces_the_presets(tmp_path):
+    data = np.full((7, 8, 8), 500, dtype=np.uint16)
+    data[:, 0, 0] = 0
+    data[:, 1, 1] = 65535
+    path = write_scene(tmp_path / "l.tif", data)
+    preset = SceneReader(path, preset="landsat-c2-l2").read((0, 0, 8, 8)).valid
+    user = SceneReader(path, preset="landsat-c2-l2", nodata=65535).read((0, 0, 8, 8)).valid
+    assert not preset[0, 0] and preset[1, 1]
+    assert user[0, 0] and not user[1, 1]
+
+
+def test_nan_nodata_for_float_scenes_and_bad_values_refused(tmp_path):
+    data = np.ones((1, 6, 6), dtype=np.float32)
+    path = write_scene(tmp_path / "f.tif", data)
+    assert SceneReader(path, nodata=float("nan")).read((0, 0, 6, 6)).valid.all()
+    ints = write_scene(tmp_path / "i.tif", np.ones((1, 6, 6), dtype=np.uint8))
+    for value in (float("nan"), -1, 256, 1.5, "zero"):
+        with pytest.raises(SceneError, match="nodata"):
+            SceneReader(ints, nodata=value)
+
+
+def test_alpha_band_is_a_mask_not_a_model_band(tmp_path):
+    from rasterio.enums import ColorInterp
+
+    data = np.concatenate([np.full((3, 16, 16), 100, np.uint8), np.full((1, 16, 16), 255, np.uint8)])
+    data[3, :4] = 0
+    path = write_scene(tmp_path / "rgba.tif", data)
+    with rasterio.open(path, "r+") as ds:
+        ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    reader = SceneReader(path)
+    assert reader.bands == (1, 2, 3) and reader.alpha_bands == (4,)
+    window = reader.read((0, 0, 16, 16))
+    assert window.image.shape[0] == 3
+    np.testing.assert_array_equal(window.valid, data[3] > 0)
+    with pytest.raises(PresetError, match="alpha band"):
+        SceneReader(path, bands=[1, 2, 4])
+    # the same four bands without the alpha interpretation are four data bands (rasterio writes 4 x uint8 as RGBA
+    # unless told otherwise)
+    plain = write_scene(tmp_path / "four.tif", data, photometric="MINISBLACK")
+    assert SceneReader(plain).bands == (1, 2, 3, 4)
+
+
+def test_bands_by_description(tmp_path):
+    path = write_scene(tmp_path / "d.tif", np.zeros((4, 8, 8), np.uint16))
+    with rasterio.open(path, "r+") as ds:
+        for i, name in enumerate(["B02", "B03", "B04", "B08"], start=1):
+            ds.set_band_description(i, name)
+    assert SceneReader(path, bands="B8,B04", preset="sentinel2-l2a").bands == (4, 3)
+    assert SceneReader(path, bands="B04").bands == (3,)  # generic preset: descriptions alone
+    with pytest.raises(PresetError):
+        SceneReader(path, bands="B11", preset="sentinel2-l2a")  # not in the file: preset band 11 is out of range
+
+
+# -- a STAC item as the scene ----------------------------------------------------------------------------------
+def test_stac_item_is_read_as_one_scene_of_its_assets(tmp_path, monkeypatch):
+    import stac_fixtures as fx
+
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "1")
+    files = fx.write_cogs(tmp_path)
+    with stac_server.StacServer(files) as server:
+        item = next(it for it in server.recorded("sentinel-2-l2a.json") if it["id"] == fx.S2_ITEMS[1][0])
+        item["assets"]["blue"]["raster:bands"] = [{"nodata": 0, "scale": 0.0001, "offset": -0.1}]
+        (files / "item.json").write_text(json.dumps(item))
+        local_item, url_item = files / "item.json", f"{server.url}/files/item.json"
+        keys = list(fx.S2_BANDS)
+        for path in (local_item, url_item):
+            info = scene_info(path)
+            assert (info.width, info.height, info.crs_string) == (120, 120, "EPSG:32632")
+            assert info.res == (10.0, 10.0)
+            assert "thumbnail" not in info.band_descriptions and "blue" in info.band_descriptions
+            reader = SceneReader(path, bands="red,rededge1")  # by asset key
+            assert [info.band_descriptions[b - 1] for b in reader.bands] == ["red", "rededge1"]
+            window = reader.read((0, 0, 120, 120))
+            rows, cols = np.mgrid[0:120, 0:120]
+            for out, key in enumerate(["red", "rededge1"]):
+                res = fx.S2_BANDS[key][1]
+                expected = fx.s2_array(1, keys.index(key), res)[rows * 10 // res, cols * 10 // res]
+                np.testing.assert_array_equal(window.image[out][window.valid], expected[window.valid].astype(np.float32))
+            assert not window.valid[:5, :5].any() and window.valid[60:, 60:].all()  # the assets' nodata corner
+        with rasterio.open(stac_item_vrt_text(local_item)) as ds:
+            blue = ds.descriptions.index("blue") + 1
+            assert ds.scales[blue - 1] == 0.0001 and ds.offsets[blue - 1] == -0.1
+
+
+def stac_item_vrt_text(path):
+    from rs_pgd.raster import stac_item_vrt
+
+    return stac_item_vrt(str(path))
+
+
+def test_not_a_stac_item_is_one_line(tmp_path):
+    (tmp_path / "x.json").write_text('{"type": "FeatureCollection", "features": []}')
+    with pytest.raises(SceneError, match="is not a STAC item"):
+        scene_info(tmp_path / "x.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(SceneError, match="cannot read the STAC item"):
+        scene_info(tmp_path / "bad.json")

@@ -35,6 +35,7 @@ def _step_every(ctx, param, value):
 @click.option("--all-touched", is_flag=True, help="Rasterise every pixel a label geometry touches.")
 @options.bands_opt
 @options.preset_opt
+@options.nodata_opt
 @click.option("--arch", default=defaults.ARCH, show_default=True, help="Any SMP architecture (Unet, UnetPlusPlus, FPN, DeepLabV3Plus, ...).")
 @click.option("--encoder", default=defaults.ENCODER, show_default=True, help="Any SMP encoder (resnet18, resnet34, efficientnet-b0, ...).")
 @click.option("--encoder-weights", default=None, type=click.Path(dir_okay=False), metavar="PATH",
@@ -70,7 +71,7 @@ def _step_every(ctx, param, value):
 @click.option("--log-json", type=click.Path(dir_okay=False), default=None, help="Append one JSON line per optimizer step to this file.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch.")
 @click.option("--quiet", is_flag=True, help="No progress bar or epoch lines (as the global -q).")
-def fit(scene, labels, output, extra, class_column, layer, mapping, background, all_touched, bands, preset, arch,
+def fit(scene, labels, output, extra, class_column, layer, mapping, background, all_touched, bands, preset, nodata, arch,
         encoder, encoder_weights, tile, margin, stride, batch_size, epochs, max_steps, lr, optimizer, step_every, weighting,
         hard_mining, norm, precision, grad_checkpointing, no_augment, workers, seed, device, val_fraction,
         val_pair, log_json, resume, quiet):
@@ -85,7 +86,7 @@ def fit(scene, labels, output, extra, class_column, layer, mapping, background, 
     label_files = [labels, *(pair[1] for pair in extra)]
     settings = dict(
         class_column=class_column, layer=layer, mapping=mapping, background=background, all_touched=all_touched,
-        bands=bands, preset=preset, arch=arch, encoder=encoder, encoder_weights=encoder_weights, tile=tile,
+        bands=bands, preset=preset, nodata=nodata, arch=arch, encoder=encoder, encoder_weights=encoder_weights, tile=tile,
         margin=margin, stride=stride, batch_size=batch_size, epochs=epochs, max_steps=max_steps, lr=lr, optimizer=optimizer,
         step_every=step_every, weighting=weighting, hard_mining=hard_mining, norm=norm, precision=precision,
         grad_checkpointing=grad_checkpointing, augment=not no_augment, workers=workers, seed=seed, device=device,

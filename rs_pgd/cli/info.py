@@ -12,12 +12,14 @@ from rs_pgd.cli import options
 @options.layer_opt
 @options.bands_opt
 @options.preset_opt
+@options.nodata_opt
 @options.json_opt
-def info(scene, labels, class_column, layer, bands, preset, as_json):
+def info(scene, labels, class_column, layer, bands, preset, nodata, as_json):
     """Describe SCENE and, optionally, the LABELS that would train on it."""
     import json
 
     from rs_pgd.info import describe, format_report
 
-    report = describe(scene, labels, class_column=class_column, layer=layer, bands=bands, preset=preset)
+    report = describe(scene, labels, class_column=class_column, layer=layer, bands=bands, preset=preset,
+                      nodata=nodata)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))

@@ -54,3 +54,7 @@ mapping_opt = click.option(
     "--mapping", callback=_read_mapping, default=None, metavar="JSON",
     help="JSON file mapping source class values/names to classes (merge or rename classes; null drops one).",
 )
+nodata_opt = click.option(
+    "--nodata", type=float, default=None, metavar="VALUE",
+    help="Stored value that means no data although the file does not say so (fill pixels, e.g. 0); nan allowed.",
+)

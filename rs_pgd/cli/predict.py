@@ -23,12 +23,18 @@ from rs_pgd.cli.config_file import config_options
               help="Write a quick-look PNG (input beside the class map, with a legend).")
 @click.option("--batch-size", type=int, default=None, help="Windows per forward pass (default: 1 on CPU, 8 on CUDA).")
 @click.option("--precision", type=click.Choice(["auto", "32", "bf16", "16-mixed"]), default="auto", show_default=True)
+@options.nodata_opt
+@click.option("--bbox", nargs=4, type=float, default=None, metavar="W S E N",
+              help="Predict only this area (in --bbox-crs); the output covers it, snapped to the scene's pixels.")
+@click.option("--bbox-crs", default="EPSG:4326", show_default=True, help="CRS of --bbox.")
+@click.option("--aoi", type=click.Path(dir_okay=False), default=None, metavar="VECTOR",
+              help="Predict only the bounding box of this vector file's features.")
 @click.option("--no-cog", is_flag=True, help="Write a plain tiled GeoTIFF instead of a Cloud Optimized GeoTIFF.")
 @options.workers_opt
 @options.device_opt
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(model, scene, output, tile, margin, stride, blend, probabilities, probability_dtype, preview,
-            batch_size, precision, no_cog, workers, device, quiet):
+            batch_size, precision, nodata, bbox, bbox_crs, aoi, no_cog, workers, device, quiet):
     """Predict classes for SCENE with the checkpoint MODEL and write them to OUTPUT.
 
     MODEL may also be an .onnx file written by `rs-pgd export`: it runs with onnxruntime, without torch.
@@ -44,6 +50,7 @@ def predict(model, scene, output, tile, margin, stride, blend, probabilities, pr
     result = rs_pgd.predict(
         model, scene, output, tile=tile, margin=margin, stride=stride, blend=blend, probabilities=probabilities,
         probability_dtype=probability_dtype, preview=preview, batch_size=batch_size, device=device,
-        precision=precision, workers=workers, cog=not no_cog, progress=not quiet,
+        precision=precision, workers=workers, cog=not no_cog, progress=not quiet, nodata=nodata,
+        bbox=bbox, bbox_crs=bbox_crs, aoi=aoi,
     )
     click.echo(f"wrote {result.output} ({result.windows} windows, {result.seconds:.1f} s)")

@@ -459,3 +459,42 @@ def write_fit_findings(folder) -> list[Path]:
 if __name__ == "__main__":
     for p in write_all(sys.argv[1] if len(sys.argv) > 1 else "bad_inputs"):
         print(p)
+
+
+# -- issue 14 #9 and #12: fill pixels without a nodata tag; alpha bands and internal masks (recipes helper) -----
+FILL_COLUMNS = 30
+"""Columns on the left of :func:`fill_zeros_scene` that hold 0 in every band (31 % of its pixels)."""
+
+
+def fill_zeros_scene(folder, dtype="uint16") -> Path:
+    """A scene whose left columns are 0 in every band (the image footprint's outside) with no nodata tag."""
+    data = scene_pixels(3, SIZE, dtype)
+    data = np.maximum(data, 1).astype(dtype)  # no accidental zeros in the image itself
+    data[:, :, :FILL_COLUMNS] = 0
+    return write_scene(Path(folder) / "fill_zeros.tif", data)
+
+
+def rgba_scene(folder) -> Path:
+    """An RGBA uint8 scene (alpha band, colour interpretation alpha) transparent in its top-left quarter."""
+    from rasterio.enums import ColorInterp
+
+    data = np.concatenate([scene_pixels(3, SIZE, "uint8"), np.full((1, SIZE, SIZE), 255, dtype=np.uint8)])
+    data[3, : SIZE // 2, : SIZE // 2] = 0
+    path = write_scene(Path(folder) / "rgba.tif", data)
+    with rasterio.open(path, "r+") as ds:
+        ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    return path
+
+
+def masked_scene(folder) -> Path:
+    """A 3-band scene with an internal GDAL mask band (no nodata tag) that masks its bottom rows."""
+    path = Path(folder) / "masked.tif"
+    data = scene_pixels(3, SIZE, "uint8")
+    profile = {"driver": "GTiff", "width": SIZE, "height": SIZE, "count": 3, "dtype": "uint8", "crs": UTM,
+               "transform": TRANSFORM, "tiled": True, "blockxsize": 32, "blockysize": 32}
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as ds:
+        ds.write(data)
+        mask = np.full((SIZE, SIZE), 255, dtype=np.uint8)
+        mask[-20:] = 0
+        ds.write_mask(mask)
+    return path
