@@ -32,7 +32,7 @@ from rs_pgd.cli.config_file import config_options
 @click.option("--no-cog", is_flag=True, help="Write a plain tiled GeoTIFF instead of a Cloud Optimized GeoTIFF.")
 @options.workers_opt
 @options.device_opt
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar or log lines (as the global -q).")
 def predict(model, scene, output, tile, margin, stride, blend, probabilities, probability_dtype, preview,
             batch_size, precision, nodata, bbox, bbox_crs, aoi, no_cog, workers, device, quiet):
     """Predict classes for SCENE with the checkpoint MODEL and write them to OUTPUT.
@@ -47,6 +47,10 @@ def predict(model, scene, output, tile, margin, stride, blend, probabilities, pr
 
     import rs_pgd
 
+    if quiet:
+        from rs_pgd.cli.errors import configure_logging
+
+        configure_logging(quiet=True)
     result = rs_pgd.predict(
         model, scene, output, tile=tile, margin=margin, stride=stride, blend=blend, probabilities=probabilities,
         probability_dtype=probability_dtype, preview=preview, batch_size=batch_size, device=device,
