@@ -1,6 +1,6 @@
 """Run rs-pgd's Processing algorithms through PyQGIS ``processing.run`` in a headless QgsApplication.
 
-Run by tests/qgis with QGIS's own Python (Debian's python3), never the test venv's:
+Run by tests/qgis_provider with QGIS's own Python (Debian's python3), never the test venv's:
 ``python3 pyqgis_session.py SPEC.json RESULTS.json``. SPEC names the installed plugin folder, the demo files and
 a work folder; RESULTS gets one entry per case (its outputs, or the error it raised), which the tests assert on.
 """

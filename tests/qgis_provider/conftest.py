@@ -1,4 +1,4 @@
-"""Fixtures for tests/qgis: real QGIS (Debian's 3.22), headless, with rs-pgd's provider in a temporary profile.
+"""Fixtures for tests/qgis_provider: real QGIS (Debian's 3.22), headless, with rs-pgd's provider in a temporary profile.
 
 Without QGIS the tests skip with the reason, except under ``CI=true``, where a missing QGIS fails the run.
 """
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from qgis_helpers import DEMO_DIR, find_qgis, qgis_environment
+from qgis_provider.qgis_helpers import DEMO_DIR, find_qgis, qgis_environment
 
 _QGIS = None
 

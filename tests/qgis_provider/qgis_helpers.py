@@ -1,4 +1,4 @@
-"""Helpers for tests/qgis: find and run real QGIS (Debian's 3.22: ``qgis_process.bin`` and ``python3`` with
+"""Helpers for tests/qgis_provider: find and run real QGIS (Debian's 3.22: ``qgis_process.bin`` and ``python3`` with
 PyQGIS), headless, and the rs-pgd CLI of this checkout as the reference.
 """
 
