@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from qgis_provider.qgis_helpers import DEMO_DIR, find_qgis, qgis_environment
 
 _QGIS = None

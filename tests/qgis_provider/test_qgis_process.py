@@ -8,6 +8,7 @@ import json
 import subprocess
 
 import pytest
+
 from qgis_provider.qgis_helpers import TINY_FIT, qgis_environment, qgis_process_run, run_rs_pgd
 
 pytestmark = pytest.mark.slow

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from qgis_provider.qgis_helpers import HERE, TINY_FIT, qgis_environment, run_rs_pgd
 
 pytestmark = pytest.mark.slow
