@@ -83,16 +83,33 @@ def test_hostile_class_and_column_names_are_data(tmp_path):
 
 
 SHELL = re.compile(r"\b(subprocess|os\.system|os\.popen|os\.exec\w*|pty\.spawn|shell\s*=\s*True)\b|(?<![\w.])(eval|exec)\(")
+NO_SHELL = re.compile(r"\b(os\.system|os\.popen|os\.exec\w*|pty\.spawn|shell\s*=\s*True)\b|(?<![\w.])(eval|exec)\(")
+SUBPROCESS_ALLOWED = {
+    "qgis/runner.py",  # the QGIS provider runs the rs-pgd CLI (an argument list, no shell): issue 9
+    "runtime.py",  # `sysctl -n hw.optional.arm.FEAT_BF16` on macOS, fixed arguments
+}
+
+
+def _code_lines():
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        in_docstring = False
+        for number, line in enumerate(text.splitlines(), 1):
+            quotes = line.count('"""')
+            if in_docstring or quotes:
+                in_docstring = in_docstring != (quotes % 2 == 1)
+                continue  # docstring lines are prose
+            yield path.relative_to(PACKAGE).as_posix(), number, line.split("#", 1)[0], line.strip()
 
 
 def test_package_has_no_shell_or_eval():
-    hits = []
-    for path in PACKAGE.rglob("*.py"):
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            code = line.split("#", 1)[0]
-            if SHELL.search(code):
-                hits.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
+    hits = [f"{name}:{number}: {line}" for name, number, code, line in _code_lines() if NO_SHELL.search(code)]
     assert not hits, hits
+
+
+def test_subprocesses_only_where_allowed():
+    hits = {name for name, _, code, _ in _code_lines() if re.search(r"\bsubprocess\b", code)}
+    assert hits <= SUBPROCESS_ALLOWED, sorted(hits - SUBPROCESS_ALLOWED)
 
 
 def test_shell_grep_has_teeth():
