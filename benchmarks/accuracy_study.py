@@ -172,8 +172,8 @@ def train_and_predict(cfg, train_labels, work: Path, name: str, names: list, see
     import rasterio
 
     from rs_pgd import fit
+    from rs_pgd.checkpoint import read_header
     from rs_pgd.infer import predict
-    from rs_pgd.models import load_checkpoint
 
     model = work / f"{name}.safetensors"
     log = work / f"{name}.jsonl"
@@ -188,11 +188,11 @@ def train_and_predict(cfg, train_labels, work: Path, name: str, names: list, see
         predict(model, cfg["scene"], out, tile=128, margin=32, progress=False, workers=0, cog=False)
     wall = time.perf_counter() - started
     passes = sum(json.loads(x)["windows"] for x in log.read_text().splitlines())
-    _, meta = load_checkpoint(model)
+    meta = read_header(model)
     with rasterio.open(out) as ds:
         values = ds.read(1)
     lut = np.full(256, 255, dtype=np.uint8)
-    for v, n in zip(meta["classes"]["values"], meta["classes"]["names"]):
+    for v, n in zip(meta.classes["values"], meta.class_names):
         lut[v] = names.index(n)
     return lut[values], {"steps": result.steps, "passes": passes, "train_s": round(train_s, 1),
                          "wall_s": round(wall, 1)}

@@ -85,12 +85,11 @@ def predict_mps(checkpoint, scene, output, batch: int) -> dict:
 def throughput(folder: Path, checkpoint: Path, size: int, batch: int) -> dict:
     import torch
 
+    from rs_pgd.checkpoint import read_header
     from rs_pgd.grid import WindowGrid
-    from rs_pgd.models import load_checkpoint
 
     scene = cached_scene(folder, size, size)
-    _, meta = load_checkpoint(checkpoint)
-    g = meta["geometry"]
+    g = read_header(checkpoint).geometry
     grid = WindowGrid(size, size, g["tile"], g["margin"], align=32)
     pred = predict_mps(checkpoint, scene, folder / "throughput_prediction.tif", batch)
     # predict's MP are scene pixels; the bare forward's are centre pixels of the same number of windows (the

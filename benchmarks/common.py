@@ -49,13 +49,13 @@ def make_large_scene(path, height: int, width: int, source=DEMO_SCENE, block: in
     profile.update(width=width, height=height, tiled=True, blockxsize=block, blockysize=block, compress="deflate",
                    predictor=2, interleave="pixel", BIGTIFF="IF_SAFER")  # fmt: skip
     cols = mirror_indices(0, width, src_w)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.tif")
-    with rasterio.open(tmp, "w", **profile) as dst:
+    from rs_pgd.output import AtomicOutput
+
+    with AtomicOutput(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         for row in range(0, height, block):
             rows = mirror_indices(row, min(row + block, height), src_h)
             strip = data[:, rows][:, :, cols]
             dst.write(strip, window=Window(0, row, width, len(rows)))
-    os.replace(tmp, path)
     return path
 
 
@@ -136,40 +136,28 @@ def machine() -> dict:
 
 def random_checkpoint(path, arch: str = "Unet", encoder: str = "resnet34", tile: int = 256, margin: int = 64,
                       scene=DEMO_SCENE, seed: int = 0) -> Path:  # fmt: skip
-    """An untrained (random weights) land/water checkpoint for ``scene``'s bands, as :func:`rs_pgd.fit` writes it.
-
-    The metadata follows :meth:`rs_pgd.train.Trainer.metadata`; band statistics are computed on ``scene``.
-    """
+    """An untrained (random weights) land/water checkpoint for ``scene``'s bands, as :func:`rs_pgd.fit` writes it
+    (the one schema, :class:`rs_pgd.checkpoint.CheckpointMeta`); band statistics are computed on ``scene``."""
     import torch
 
-    from rs_pgd import __version__
+    from rs_pgd import __version__, checkpoint
     from rs_pgd.classes import ClassTable
-    from rs_pgd.models import ModelSpec, save_checkpoint
-    from rs_pgd.raster import SceneReader, compute_band_stats
+    from rs_pgd.models import ModelSpec
+    from rs_pgd.raster import SceneReader, compute_band_stats, scene_info
 
     reader = SceneReader(scene)
+    info = scene_info(scene)
     spec = ModelSpec(arch=arch, encoder=encoder, in_channels=reader.count, classes=2, norm="frozen")
     torch.manual_seed(seed)
     model, _ = spec.build()
     classes = ClassTable(values=(0, 1), names=("water", "land"), colours=((0, 0, 255), (0, 160, 0)))
-    meta = {
-        "format": "rs-pgd-checkpoint",
-        "format_version": 1,
-        "rs_pgd_version": __version__,
-        "model": spec.to_dict(),
-        "bands": list(reader.bands),
-        "band_names": [f"band {b}" for b in reader.bands],
-        "preset": reader.preset.name,
-        "scale": reader.preset.scale,
-        "offset": reader.preset.offset,
-        "stats": compute_band_stats(reader, tile=512, max_windows=16).to_dict(),
-        "classes": classes.to_dict(),
-        "geometry": {"tile": tile, "margin": margin, "stride": tile, "align": 32},
-        "training_scenes": [],
-        "config": {},
-        "precision": "bf16",
-        "history": [],
-        "best": None,
-        "steps": 0,
-    }
-    return save_checkpoint(path, model.state_dict(), meta)
+    meta = checkpoint.CheckpointMeta(
+        rs_pgd_version=__version__, model=spec.to_dict(), bands=tuple(reader.bands),
+        band_names=tuple(f"band {b}" for b in reader.bands), preset=reader.preset.name, scale=reader.preset.scale,
+        offset=reader.preset.offset, stats=compute_band_stats(reader, tile=512, max_windows=16).to_dict(),
+        classes=classes.to_dict(), geometry={"tile": tile, "margin": margin, "stride": tile, "align": 32},
+        training_scenes=({"path": str(scene), "crs": info.crs_string, "res": list(info.res), "width": info.width,
+                          "height": info.height, "count": info.count, "dtype": info.dtype},),
+        precision="32", precision_reason="benchmark checkpoint (random weights)",
+    )
+    return checkpoint.save(path, model.state_dict(), meta)

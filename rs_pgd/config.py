@@ -108,19 +108,13 @@ def _validate_config(c: FitConfig) -> None:
     validate_geometry(c.tile, c.margin, c.stride)
 
 
-def sibling(output: Path, suffix: str) -> Path:
-    """``model.safetensors`` -> ``model<suffix>`` (e.g. ``.resume.pt``)."""
-    name = output.name
-    stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else output.stem
-    return output.with_name(stem + suffix)
-
-
 def preflight_fit(scenes, labels, output, options: dict) -> FitConfig:
     """Check a fit's options, output path and inputs before any heavy import; return the config.
 
     Raises the same :class:`~rs_pgd.errors.RsPgdError` subclasses as :func:`rs_pgd.fit` would, sooner.
     """
-    from rs_pgd.output import check_output_path
+    from rs_pgd.checkpoint import resume_path
+    from rs_pgd.output import check_outputs, sibling
     from rs_pgd.raster import require_north_up, scene_info
 
     config = make_config(options)
@@ -130,7 +124,8 @@ def preflight_fit(scenes, labels, output, options: dict) -> FitConfig:
         raise LabelError("give both a validation scene and its labels (--val SCENE LABELS), or neither")
     if config.val_scene is not None:
         scenes, labels = [*scenes, config.val_scene], [*labels, config.val_labels]
-    check_output_path(output, inputs=[*scenes, *labels])
+    check_outputs({"output": output, "resume state": resume_path(output), "training curve": sibling(output, ".curve.png"),
+                   "--log-json": config.log_json}, inputs=[*scenes, *labels, config.encoder_weights])
     if config.device == "cuda" and not cuda_visible():
         raise DeviceError("--device cuda was asked for but CUDA is not available here; use --device cpu or auto")
     for scene, label in zip(scenes, labels):
@@ -158,80 +153,56 @@ def cuda_visible() -> bool:
     return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()
 
 
-def read_checkpoint_header(path) -> dict:
-    """The JSON metadata of an rs-pgd checkpoint, read from the safetensors header alone (no torch, no pickle).
+@dataclass(frozen=True)
+class PredictPlan:
+    """What :func:`preflight_predict` found: the checkpoint metadata (None for an ONNX model, read with its
+    runtime), the scene's bands to feed the model, and warnings about how the scene differs from the training
+    scenes."""
 
-    Raises :class:`~rs_pgd.errors.CheckpointError` for a missing file, a file that is not safetensors, or one
-    without rs-pgd metadata.
+    meta: object
+    bands: list | None
+    warnings: tuple = ()
+    info: object = None
+
+
+def preflight_predict(model, scene, output, *, probabilities=None, preview=None, blend="none", tile=None,
+                      margin=None, stride=None, bands=None, batch_size=None, workers=None) -> PredictPlan:
+    """Check a prediction's options, every output path and its inputs before any heavy import.
+
+    For a checkpoint this reads its header (:func:`rs_pgd.checkpoint.read_header`) and checks that the scene fits
+    (:func:`rs_pgd.checkpoint.scene_bands`); an ONNX model's metadata is checked the same way once onnxruntime
+    has opened it.
     """
-    import json
-    import struct
-
-    from rs_pgd.errors import CheckpointError
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} not found; check the path")
-    foreign = CheckpointError(f"not an rs-pgd checkpoint: {str(path)!r} is not a safetensors file written by rs-pgd; "
-                              "give a checkpoint written by rs-pgd fit")
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            raise foreign
-        (length,) = struct.unpack("<Q", head)
-        if not 2 <= length <= min(size - 8, 100_000_000):
-            raise foreign
-        try:
-            header = json.loads(handle.read(length))
-        except ValueError:
-            raise foreign from None
-    if not isinstance(header, dict):
-        raise foreign
-    unlabelled = CheckpointError(f"not an rs-pgd checkpoint: {str(path)!r} has no rs-pgd metadata; "
-                                 "give a checkpoint written by rs-pgd fit")
-    try:
-        meta = json.loads((header.get("__metadata__") or {})["rs_pgd"])
-    except (ValueError, KeyError, TypeError):
-        raise unlabelled from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
-        raise unlabelled
-    return meta
-
-
-def preflight_predict(model, scene, output, probabilities=None, blend="none", tile=None, margin=None, stride=None):
-    """Check a prediction's inputs and outputs before any heavy import: checkpoint header, scene, paths, geometry."""
-    from rs_pgd.output import check_output_path
+    from rs_pgd.checkpoint import read_header
+    from rs_pgd.onnx_backend import is_onnx_path
+    from rs_pgd.output import check_outputs
     from rs_pgd.raster import require_north_up, scene_info
     from rs_pgd.stitch import weight_kind
 
     weight_kind(blend)
-    meta = read_checkpoint_header(model)
-    geometry = meta.get("geometry", {})
-    validate_geometry(*inference_geometry(geometry, tile, margin, stride), int(geometry.get("align", 32)))
-    check_output_path(output, inputs=[model, scene])
-    if probabilities is not None:
-        check_output_path(probabilities, inputs=[model, scene, output])
-        if Path(probabilities).resolve() == Path(output).resolve():
-            from rs_pgd.errors import OutputError
+    if batch_size is not None and batch_size < 1:
+        raise TrainingError(f"--batch-size {batch_size} must be at least 1")
+    if workers is not None and workers < 0:
+        raise TrainingError(f"--workers {workers} must be 0 (read in the main process) or a positive number")
+    if preview is not None and Path(preview).suffix.lower() != ".png":
+        from rs_pgd.errors import OutputError
 
-            raise OutputError("--probabilities must differ from the output path; give another file name")
+        raise OutputError(f"--preview {preview} must be a .png file; give e.g. {Path(preview).with_suffix('.png').name}")
+    check_outputs({"output": output, "--probabilities": probabilities, "--preview": preview}, inputs=[model, scene])
     info = scene_info(scene)
-    require_north_up(info)
-    check_scene_bands(meta, info.count, model, scene)
-    return meta
+    require_north_up(info)  # a rotated or GCP-only output would be misplaced by most GIS tools
+    if is_onnx_path(model):
+        return PredictPlan(None, bands, (), info)
+    meta = read_header(model)
+    validate_geometry(*inference_geometry(meta.geometry, tile, margin, stride), int(meta.geometry.get("align", 32)))
+    return plan_scene(meta, info, model, bands)
 
 
-def check_scene_bands(meta: dict, count: int, model, scene) -> None:
-    """Raise :class:`~rs_pgd.errors.CheckpointError` when a scene of ``count`` bands lacks the training bands."""
-    from rs_pgd.errors import CheckpointError
+def plan_scene(meta, info, model, bands=None) -> PredictPlan:
+    """The one scene check (:mod:`rs_pgd.checkpoint`) of scene ``info`` against a model's metadata ``meta``."""
+    from rs_pgd.checkpoint import scene_bands, scene_warnings
 
-    bands = meta.get("bands") or []
-    if bands and max(bands) > count:
-        raise CheckpointError(
-            f"the model {Path(model).name} was trained on bands {bands} but {Path(scene).name} has {count} "
-            f"band(s); give a scene with the training bands ({', '.join(meta.get('band_names', []))})"
-        )
+    return PredictPlan(meta, scene_bands(meta, info, model, bands), tuple(scene_warnings(meta, info)), info)
 
 
 INFERENCE_MIN_MARGIN = 128

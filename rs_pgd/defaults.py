@@ -1,4 +1,4 @@
-"""Default values of the training options, defined once.
+"""Default values of the training and prediction options, defined once.
 
 :class:`rs_pgd.config.FitConfig` takes its defaults from here and the CLI shows these same values. Plain constants:
 importing this module imports nothing else (``rio`` imports every plugin's options at start-up).
@@ -26,3 +26,10 @@ VAL_FRACTION = 0.2
 SEED = 0
 DEVICE = "auto"
 STATS_WINDOWS = 64
+
+# prediction (rs_pgd.predict and rs-pgd predict; the window geometry comes from the checkpoint)
+BLEND = "none"
+BLENDS = ("none", "linear", "cosine")
+PROBABILITY_DTYPE = "uint8"
+PROBABILITY_DTYPES = ("uint8", "float32")
+BBOX_CRS = "EPSG:4326"

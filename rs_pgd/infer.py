@@ -14,13 +14,15 @@ stream of window batches; reading, stitching and writing are the same for both.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from rs_pgd.errors import CheckpointError
+from rs_pgd import defaults
+from rs_pgd.errors import CheckpointError, RsPgdError
 from rs_pgd.grid import WindowGrid
 from rs_pgd.raster import gdal_env
 
@@ -47,7 +49,7 @@ class Backend:
 
     Attributes
     ----------
-    meta : dict
+    meta : rs_pgd.checkpoint.CheckpointMeta
         The checkpoint metadata (bands, preset, stats, classes, geometry).
     forward : callable
         ``forward(images) -> probabilities``: float32 ``(n, C, S, S)`` normalised windows to float32
@@ -61,17 +63,17 @@ class Backend:
         values (None for the default).
     """
 
-    meta: dict
+    meta: object
     forward: Callable[[np.ndarray], np.ndarray]
     batches: Callable[..., Iterable[tuple[list, np.ndarray, np.ndarray]]]
     geometry: Callable[..., tuple[int, int, int | None]]
 
 
 @gdal_env()
-def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend="none", probabilities=None,
-            probability_dtype="uint8", preview=None, batch_size=None, device="auto", precision="auto",
-            workers=None, cog=True, progress=True, nodata=None, bbox=None, bbox_crs="EPSG:4326",
-            aoi=None) -> PredictResult:
+def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=defaults.BLEND, probabilities=None,
+            probability_dtype=defaults.PROBABILITY_DTYPE, preview=None, batch_size=None, device=defaults.DEVICE,
+            precision=defaults.PRECISION, workers=None, cog=True, progress=True, nodata=None, bbox=None,
+            bbox_crs=defaults.BBOX_CRS, aoi=None, bands=None) -> PredictResult:
     """Predict a class map for ``scene`` with the checkpoint ``model`` and write it to ``output``.
 
     Parameters
@@ -109,49 +111,51 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     bbox, bbox_crs, aoi : optional
         Predict only the area ``bbox = (W, S, E, N)`` (in ``bbox_crs``) or the bounds of the vector file ``aoi``:
         the output covers that area snapped to the scene's pixels, and only the windows it needs are read.
+    bands : list of int or str, optional
+        The scene's bands to feed the model (numbers, descriptions or preset names); by default the training
+        bands. Needed when the scene's band count differs from the training scenes'.
+
+    Every check that needs no model runs first, before torch is imported (:func:`rs_pgd.config.preflight_predict`):
+    options, every output path, the checkpoint header and whether the scene fits the model.
     """
     import time
 
+    from rs_pgd.config import plan_scene, preflight_predict
     from rs_pgd.onnx_backend import is_onnx_path
-    from rs_pgd.output import check_output_path
-    from rs_pgd.stitch import weight_kind
 
     started = time.perf_counter()
-    weight_kind(blend)  # validates the blend mode before any work
-    check_output_path(output, inputs=[model, scene])
-    if probabilities is not None:
-        check_output_path(probabilities, inputs=[model, scene, output])
+    plan = preflight_predict(model, scene, output, probabilities=probabilities, preview=preview, blend=blend,
+                             tile=tile, margin=margin, stride=stride, bands=bands, batch_size=batch_size,
+                             workers=workers)
+    window = _area_window(plan.info, bbox, bbox_crs, aoi)
     if is_onnx_path(model):
         from rs_pgd.onnx_backend import onnx_backend
 
         backend = onnx_backend(model, device=device, precision=precision, batch_size=batch_size)
+        plan = plan_scene(backend.meta, plan.info, model, bands)  # its metadata, read by onnxruntime
     else:
         backend = _torch_backend(model, device, precision, batch_size, workers)
-    return _predict_windows(backend, model, scene, output, tile, margin, stride, blend, probabilities,
-                            probability_dtype, preview, cog, progress, started, nodata,
-                            _area(bbox, bbox_crs, aoi))
+    return _predict_windows(backend, plan, model, scene, output, tile, margin, stride, blend, probabilities,
+                            probability_dtype, preview, cog, progress, started, nodata, window)
 
 
-def _predict_windows(backend: Backend, model, scene, output, tile, margin, stride, blend, probabilities,
-                     probability_dtype, preview, cog, progress, started, nodata=None, area=None) -> PredictResult:
+def _predict_windows(backend: Backend, plan, model, scene, output, tile, margin, stride, blend, probabilities,
+                     probability_dtype, preview, cog, progress, started, nodata=None, window=None) -> PredictResult:
     """The window loop shared by every backend: read, run ``backend.forward``, stitch, write."""
     import time
 
-    from rs_pgd.classes import ClassTable
     from rs_pgd.output import StreamingClassWriter, StreamingProbabilityWriter
-    from rs_pgd.raster import BandStats
     from rs_pgd.stitch import RowStitcher
 
     meta = backend.meta
-    classes = ClassTable.from_dict(meta["classes"])
-    reader = _open_scene_for(meta, scene, model, nodata, area)
-    geometry = meta.get("geometry", {})
+    classes = meta.class_table()
+    reader = _open_scene_for(meta, plan, scene, model, nodata, window)
     tile, margin, stride = backend.geometry(tile, margin, stride)
-    grid = WindowGrid(reader.height, reader.width, tile, margin, stride, align=int(geometry.get("align", 32)))
+    grid = WindowGrid(reader.height, reader.width, tile, margin, stride, align=int(meta.geometry.get("align", 32)))
     k = classes.num_classes
     values = np.asarray(classes.values, dtype=np.uint8)
     stitcher = RowStitcher(grid, k + 1, blend=blend, dtype=np.float32)
-    batches = backend.batches(reader, grid, BandStats.from_dict(meta["stats"]))
+    batches = backend.batches(reader, grid, meta.band_stats())
     class_writer = StreamingClassWriter(output, _profile(reader), classes, cog=cog, inputs=[model, scene])
     prob_writer = None
     try:
@@ -210,40 +214,42 @@ def _torch_backend(model, device, precision, batch_size, workers) -> Backend:
             yield batch["window"].tolist(), batch["image"].numpy(), (batch["weight"] > 0).numpy()
 
     def geometry(tile, margin, stride):
-        return inference_geometry(meta.get("geometry", {}), tile, margin, stride)
+        return inference_geometry(meta.geometry, tile, margin, stride)
 
     return Backend(meta, _torch_forward(net, dev, prec), batches, geometry)
 
 
-def _area(bbox, bbox_crs, aoi):
-    """(bbox, crs) of the area to predict, or None for the whole scene."""
-    from rs_pgd.raster import aoi_bbox
+def _area_window(info, bbox, bbox_crs, aoi):
+    """The scene window of the area to predict (``bbox`` in ``bbox_crs``, or the bounds of ``aoi``), or None for
+    the whole scene."""
+    from rs_pgd.raster import aoi_bbox, window_for_bbox
 
     if aoi is not None:
-        return aoi_bbox(aoi)
-    return (bbox, bbox_crs) if bbox is not None else None
+        return window_for_bbox(info, *aoi_bbox(aoi))
+    return window_for_bbox(info, bbox, bbox_crs) if bbox is not None else None
 
 
-def _open_scene_for(meta: dict, scene, model, nodata=None, area=None):
-    """Open ``scene`` with the checkpoint's bands and preset; a scene that does not fit is a clear error."""
-    from rs_pgd.config import check_scene_bands
-    from rs_pgd.raster import SceneReader, require_north_up, scene_info, window_for_bbox
+def _open_scene_for(meta, plan, scene, model, nodata=None, window=None):
+    """Open ``scene`` with the bands the scene check chose (``plan``, :func:`rs_pgd.config.plan_scene`) and the
+    checkpoint's preset; differences from the training scenes that usually spoil a map are logged as warnings."""
+    from rs_pgd.checkpoint import value_warnings
+    from rs_pgd.raster import SceneReader, compute_band_stats
 
-    info = scene_info(scene)
-    require_north_up(info)  # a rotated or GCP-only output would be misplaced by most GIS tools
-    check_scene_bands(meta, info.count, model, scene)
-    bands = meta.get("bands") or []
-    needed = meta["model"]["in_channels"]
     if nodata is None:
-        nodata = (meta.get("config") or {}).get("nodata")  # the fill value the model was trained with
-    window = window_for_bbox(info, *area) if area is not None else None
-    reader = SceneReader(scene, bands=bands or None, preset=meta.get("preset") or "generic", nodata=nodata,
-                         window=window)
-    if reader.count != needed:
+        nodata = meta.training_nodata()  # the fill value the model was trained with
+    reader = SceneReader(scene, bands=plan.bands, preset=meta.preset or "generic", nodata=nodata, window=window)
+    if reader.count != meta.in_channels:
         raise CheckpointError(
-            f"the model {Path(model).name} takes {needed} band(s) but {Path(scene).name} gives {reader.count}; "
-            "give a scene with the training bands"
+            f"the model {Path(model).name} takes {meta.in_channels} band(s) but {Path(scene).name} gives "
+            f"{reader.count}; give a scene with the training bands"
         )
+    found = list(plan.warnings)
+    try:
+        found += value_warnings(meta, compute_band_stats(reader, tile=256, max_windows=4), Path(scene).name)
+    except RsPgdError:  # a sample without valid pixels says nothing about the values
+        pass
+    for line in found:
+        warnings.warn(line, stacklevel=3)
     return reader
 
 

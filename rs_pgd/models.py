@@ -16,18 +16,13 @@ Normalisation policy (``norm``):
     BatchNorm2d replaced by GroupNorm (affine parameters copied). GroupNorm normalises over each window's extent,
     so it does not make PGD exact either.
 
-Checkpoints are safetensors files: tensors plus one JSON metadata string (key ``"rs_pgd"``). Loading never
-unpickles anything. Optimizer and scheduler state for resuming training go to a side file ``<path>.state``
-written with :func:`torch.save` and read back with ``torch.load(weights_only=True)``; only tensors and plain
-containers (dict, list, tuple, str, int, float, bool, None) are accepted there, checked before writing.
+Checkpoint files (schema, header, save/load, resume state) belong to :mod:`rs_pgd.checkpoint`;
+:func:`model_from_checkpoint` rebuilds the model one describes.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -37,10 +32,6 @@ from torch import nn
 from rs_pgd.errors import CheckpointError, ModelError
 
 NORM_POLICIES = ("frozen", "batch", "group")
-CHECKPOINT_FORMAT = "rs-pgd-checkpoint"
-CHECKPOINT_VERSION = 1
-_META_KEY = "rs_pgd"
-_STATE_SUFFIX = ".state"
 
 
 # -- model specification ------------------------------------------------------------------------------------
@@ -403,89 +394,16 @@ def enable_grad_checkpointing(model: nn.Module) -> int:
 
 
 # -- checkpoints --------------------------------------------------------------------------------------------
-def save_checkpoint(path: str | os.PathLike, state_dict: dict | nn.Module, meta: dict) -> Path:
-    """Write model weights and JSON metadata to a safetensors file, atomically.
+def model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, object]:
+    """Rebuild the model stored in a checkpoint: ``(model in eval mode, CheckpointMeta)``.
 
-    Parameters
-    ----------
-    path : path
-        Output file (conventionally ``*.safetensors``). Written to a temporary file in the same folder, then
-        renamed over ``path``.
-    state_dict : dict of tensors, or a module
-        The weights; a module's ``state_dict()`` is taken. Tensors are copied to CPU.
-    meta : dict
-        JSON-serialisable metadata. :func:`model_from_checkpoint` needs ``meta["model"]`` (a
-        :meth:`ModelSpec.to_dict`).
+    The file is read by :func:`rs_pgd.checkpoint.load` (safetensors, no unpickling).
     """
-    from safetensors.torch import save_file
+    from rs_pgd.checkpoint import load
 
-    if isinstance(state_dict, nn.Module):
-        state_dict = state_dict.state_dict()
-    tensors = {}
-    for key, value in state_dict.items():
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(
-                f"checkpoint entry {key!r} is a {type(value).__name__}, not a tensor; put it in meta"
-            )
-        tensors[key] = value.detach().to("cpu").contiguous().clone()
+    state, meta = load(path)
     try:
-        meta_json = json.dumps(meta, allow_nan=False, default=_json_default)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(
-            f"checkpoint metadata is not JSON-serialisable ({exc}); give plain values"
-        ) from None
-    metadata = {"format": CHECKPOINT_FORMAT, "format_version": str(CHECKPOINT_VERSION), _META_KEY: meta_json}
-    path = Path(path)
-    return _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict, dict]:
-    """Read an rs-pgd checkpoint: ``(state_dict, meta)``. Never unpickles or executes anything.
-
-    Raises :class:`CheckpointError` when the file is missing, not a safetensors file (e.g. a pickle) or a
-    safetensors file without rs-pgd metadata.
-    """
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} not found; check the path")
-    if not _looks_like_safetensors(path):
-        raise CheckpointError(
-            f"not an rs-pgd checkpoint: {str(path)!r} is not a safetensors file; give a checkpoint written by rs-pgd"
-        )
-    try:
-        with safe_open(str(path), framework="pt", device=str(device)) as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("format") != CHECKPOINT_FORMAT or _META_KEY not in metadata:
-                raise CheckpointError(
-                    f"not an rs-pgd checkpoint: {str(path)!r} has no rs-pgd metadata; give a checkpoint written by rs-pgd"
-                )
-            state = {key: handle.get_tensor(key) for key in handle.keys()}
-    except CheckpointError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - corrupt header or data
-        raise CheckpointError(
-            f"not an rs-pgd checkpoint: {str(path)!r} cannot be read ({type(exc).__name__}); give a checkpoint written by rs-pgd"
-        ) from None
-    try:
-        meta = json.loads(metadata[_META_KEY])
-    except json.JSONDecodeError:
-        raise CheckpointError(f"checkpoint {str(path)!r} has corrupt metadata; save it again") from None
-    return state, meta
-
-
-def model_from_checkpoint(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict]:
-    """Rebuild the model stored in a checkpoint: ``(model in eval mode, meta)``."""
-    state, meta = load_checkpoint(path)
-    if not isinstance(meta.get("model"), dict):
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} does not say which model it holds (no 'model' in its metadata); save it with rs-pgd"
-        )
-    try:
-        spec = ModelSpec.from_dict(meta["model"])
+        spec = ModelSpec.from_dict(meta.model)
         model, _ = spec.build()
     except (ModelError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} names a model that cannot be built: {exc}") from None
@@ -497,107 +415,3 @@ def model_from_checkpoint(
             f"checkpoint {str(path)!r} weights do not fit its model ({first}); the file may be damaged"
         ) from None
     return model.to(device).eval(), meta
-
-
-def training_state_path(path: str | os.PathLike) -> Path:
-    """The side file holding optimizer/scheduler state next to checkpoint ``path``: ``<path>.state``."""
-    path = Path(path)
-    return path.with_name(path.name + _STATE_SUFFIX)
-
-
-def save_training_state(path: str | os.PathLike, state: dict) -> Path:
-    """Save resume state (optimizer/scheduler state dicts, counters, RNG tensors) next to checkpoint ``path``.
-
-    Only tensors and plain containers are accepted (checked first), so that :func:`load_training_state` can read
-    the file with ``torch.load(weights_only=True)``. Returns the side-file path.
-    """
-    _check_plain(state, "state")
-    target = training_state_path(path)
-    return _atomic_write(target, lambda tmp: torch.save(state, tmp))
-
-
-def load_training_state(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
-    """Load the resume state saved by :func:`save_training_state` for checkpoint ``path`` (no code execution)."""
-    target = training_state_path(path)
-    if not target.is_file():
-        raise CheckpointError(
-            f"training state {str(target)!r} not found; resume needs the .state file saved with the checkpoint"
-        )
-    try:
-        return torch.load(target, map_location=device, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - the safe unpickler refuses anything but plain data
-        raise CheckpointError(
-            f"not an rs-pgd training state: {str(target)!r} cannot be read safely ({type(exc).__name__}); start without resume"
-        ) from None
-
-
-def _check_plain(obj, where: str) -> None:
-    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
-        return
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            if not isinstance(key, (str, int)):
-                raise CheckpointError(
-                    f"training state key {key!r} at {where} is not str/int; convert it before saving"
-                )
-            _check_plain(value, f"{where}[{key!r}]")
-        return
-    if isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            _check_plain(value, f"{where}[{i}]")
-        return
-    raise CheckpointError(
-        f"training state holds a {type(obj).__name__} at {where}; only tensors and plain containers can be saved"
-    )
-
-
-def _looks_like_safetensors(path: Path) -> bool:
-    """Header check: 8-byte little-endian length, then a JSON object that fits in the file."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        head = handle.read(9)
-    if len(head) < 9:
-        return False
-    length = int.from_bytes(head[:8], "little")
-    return 0 < length <= size - 8 and head[8:9] == b"{"
-
-
-def _atomic_write(path: Path, write) -> Path:
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise CheckpointError(
-            f"folder {str(folder)!r} does not exist; create it before saving the checkpoint"
-        )
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the mode of a normally created file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _current_umask() -> int:
-    """The process umask (read by setting and restoring it; there is no getter before Python 3.13 on Linux)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _json_default(value):
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item"):
-        item = value.item()
-        if isinstance(item, float) and not math.isfinite(item):
-            raise ValueError(f"non-finite value {item}")
-        return item
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")

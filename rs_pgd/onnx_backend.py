@@ -79,7 +79,8 @@ def _providers(ort, device: str) -> list[str]:
 
 
 def read_onnx_meta(session, path) -> dict:
-    """The rs-pgd metadata stored in an exported model; a foreign ONNX file is a :class:`CheckpointError`."""
+    """The rs-pgd metadata stored in an exported model (a :class:`rs_pgd.checkpoint.CheckpointMeta` with
+    ``export`` set); a foreign ONNX file is a :class:`CheckpointError`."""
     props = session.get_modelmeta().custom_metadata_map
     try:
         meta = json.loads(props[META_KEY])
@@ -89,7 +90,9 @@ def read_onnx_meta(session, path) -> dict:
         raise CheckpointError(
             f"{Path(path).name} is an ONNX model without rs-pgd metadata; export it with rs-pgd export"
         )
-    return meta
+    from rs_pgd.checkpoint import CheckpointMeta
+
+    return CheckpointMeta.from_dict(meta, Path(path).name)
 
 
 def onnx_backend(path, device: str = "auto", precision: str = "auto", batch_size: int | None = None):
@@ -113,9 +116,9 @@ def onnx_backend(path, device: str = "auto", precision: str = "auto", batch_size
     session = load_session(path, device)
     meta = read_onnx_meta(session, path)
     inputs = session.get_inputs()
-    name, window = inputs[0].name, int(meta["export"]["window"])
-    if len(inputs) != 1 or list(inputs[0].shape[1:]) != [meta["model"]["in_channels"], window, window]:
-        raise CheckpointError(f"{Path(path).name} does not take the [batch, {meta['model']['in_channels']}, "
+    name, window = inputs[0].name, int(meta.export["window"])
+    if len(inputs) != 1 or list(inputs[0].shape[1:]) != [meta.in_channels, window, window]:
+        raise CheckpointError(f"{Path(path).name} does not take the [batch, {meta.in_channels}, "
                               f"{window}, {window}] input its metadata describes; export it again with rs-pgd export")
     size = batch_size or 1
     if size < 1:
@@ -133,7 +136,7 @@ def onnx_backend(path, device: str = "auto", precision: str = "auto", batch_size
     return Backend(meta, forward, batches, geometry)
 
 
-def onnx_geometry(meta: dict, window: int, tile=None, margin=None, stride=None, name="the model"):
+def onnx_geometry(meta, window: int, tile=None, margin=None, stride=None, name="the model"):
     """Prediction tile, margin and stride for an exported model whose window side is fixed at ``window``.
 
     By default those of the export; a tile or margin given alone sets the other so that
@@ -141,7 +144,7 @@ def onnx_geometry(meta: dict, window: int, tile=None, margin=None, stride=None, 
     """
     from rs_pgd.errors import GridError
 
-    exported = meta["export"]
+    exported = meta.export
     if tile is None and margin is None:
         tile, margin = int(exported["tile"]), int(exported["margin"])
         stride = exported.get("stride") if stride is None else stride

@@ -78,7 +78,8 @@ def export(model, output, tile=None, margin=None, *, opset: int = OPSET, check: 
         The path, the geometry, the largest |onnxruntime - torch| difference of the check (NaN without check) and
         the metadata written (decoded).
     """
-    from rs_pgd.config import inference_geometry, read_checkpoint_header
+    from rs_pgd.checkpoint import read_header
+    from rs_pgd.config import inference_geometry
     from rs_pgd.grid import validate_geometry
     from rs_pgd.output import AtomicOutput, check_output_path
 
@@ -88,8 +89,8 @@ def export(model, output, tile=None, margin=None, *, opset: int = OPSET, check: 
     check_output_path(output, inputs=[model])
     if not 7 <= int(opset) <= OPSET:
         raise ModelError(f"opset {opset} is not supported; give an opset from 7 to {OPSET} (Deepness runs up to 17)")
-    meta = read_checkpoint_header(model)
-    geometry = meta.get("geometry", {})
+    meta = read_header(model)
+    geometry = meta.geometry
     align = int(geometry.get("align", 32))
     tile, margin, stride = inference_geometry(geometry, tile, margin, None)
     validate_geometry(tile, margin, stride, align)
@@ -103,9 +104,9 @@ def export(model, output, tile=None, margin=None, *, opset: int = OPSET, check: 
     with AtomicOutput(output, inputs=[model]) as temp:
         onnx.save_model(proto, str(temp))
         if check:
-            diff = _check_against_torch(temp, wrapped, int(meta["model"]["in_channels"]), window, ort)
+            diff = _check_against_torch(temp, wrapped, meta.in_channels, window, ort)
     decoded = {key: json.loads(value) for key, value in metadata.items()}
-    return ExportResult(Path(output), window, tile, margin, int(opset), len(meta["classes"]["names"]), diff,
+    return ExportResult(Path(output), window, tile, margin, int(opset), len(meta.class_names), diff,
                         decoded)
 
 
@@ -121,13 +122,13 @@ def _import_extra():
 
 
 # -- metadata -------------------------------------------------------------------------------------------------
-def deepness_metadata(meta: dict, tile: int, margin: int, stride=None) -> dict[str, str]:
+def deepness_metadata(meta, tile: int, margin: int, stride=None) -> dict[str, str]:
     """The ``metadata_props`` of an exported model: Deepness's keys and ``rs_pgd``, every value JSON-encoded.
 
     Parameters
     ----------
     meta : dict
-        Checkpoint metadata (:func:`rs_pgd.config.read_checkpoint_header`).
+        Checkpoint metadata (:func:`rs_pgd.checkpoint.read_header`).
     tile, margin, stride : int
         Exported geometry; the window side is ``tile + 2 * margin``.
     """
@@ -135,7 +136,7 @@ def deepness_metadata(meta: dict, tile: int, margin: int, stride=None) -> dict[s
     mean, std = standardization(meta)
     values = {
         "model_type": "Segmentor",
-        "class_names": {str(i): str(name) for i, name in enumerate(meta["classes"]["names"])},
+        "class_names": {str(i): str(name) for i, name in enumerate(meta.class_names)},
         "tile_size": window,
         "tiles_size": window,
         "tiles_overlap": overlap_percent(window, margin),
@@ -149,11 +150,11 @@ def deepness_metadata(meta: dict, tile: int, margin: int, stride=None) -> dict[s
         values["resolution"] = resolution
     export_info = {"tile": tile, "margin": margin, "stride": stride, "window": window, "input": INPUT_NAME,
                    "output": OUTPUT_NAME, "probabilities": "softmax"}
-    values[META_KEY] = {**meta, "export": export_info}
+    values[META_KEY] = meta.replace(export=export_info).to_dict()
     return {key: json.dumps(value, allow_nan=False) for key, value in values.items()}
 
 
-def standardization(meta: dict) -> tuple[list[float], list[float]]:
+def standardization(meta) -> tuple[list[float], list[float]]:
     """Per-band ``(mean, std)`` such that Deepness's ``(raw / 255 - mean) / std`` equals rs-pgd's normalisation.
 
     rs-pgd computes ``(raw * scale + offset - m) / s`` (preset scale and offset, then the scene statistics m, s);
@@ -161,7 +162,7 @@ def standardization(meta: dict) -> tuple[list[float], list[float]]:
     ``mean = (m - offset) / (255 * scale)``.
     """
     scale, offset = _scale_offset(meta)
-    stats = meta["stats"]
+    stats = meta.stats
     m = np.asarray(stats["mean"], dtype=np.float64)
     s = np.asarray(stats["std"], dtype=np.float64)
     mean = (m - offset) / (255.0 * scale)
@@ -169,14 +170,8 @@ def standardization(meta: dict) -> tuple[list[float], list[float]]:
     return [float(v) for v in mean], [float(v) for v in std]
 
 
-def _scale_offset(meta: dict) -> tuple[float, float]:
-    if "scale" in meta and "offset" in meta:
-        scale, offset = float(meta["scale"]), float(meta["offset"])
-    else:
-        from rs_pgd.presets import get_preset
-
-        preset = get_preset(meta.get("preset") or "generic")
-        scale, offset = preset.scale, preset.offset
+def _scale_offset(meta) -> tuple[float, float]:
+    scale, offset = float(meta.scale), float(meta.offset)
     if scale == 0 or not math.isfinite(scale) or not math.isfinite(offset):
         raise ModelError(f"the checkpoint's preset scale {scale} and offset {offset} cannot be exported; "
                          "train with a preset whose scale is not zero")
@@ -193,9 +188,9 @@ def overlap_percent(window: int, margin: int) -> int:
     return int(math.ceil(200.0 * margin / window - 1e-9)) if margin > 0 else 0
 
 
-def resolution_cm(meta: dict) -> float | None:
+def resolution_cm(meta) -> float | None:
     """The training scene's pixel size in cm/px (x size), or None when the checkpoint has no CRS for it."""
-    scenes = meta.get("training_scenes") or []
+    scenes = meta.training_scenes
     if not scenes or not scenes[0].get("res") or not scenes[0].get("crs"):
         return None
     from rasterio.crs import CRS
@@ -230,7 +225,7 @@ def _probabilities_module(net):
     return Probabilities(net).eval()
 
 
-def _trace(model, meta: dict, window: int, opset: int, onnx):
+def _trace(model, meta, window: int, opset: int, onnx):
     """Trace the checkpoint's model (with softmax) into an ONNX ModelProto with a dynamic batch axis."""
     import io
 
@@ -240,10 +235,10 @@ def _trace(model, meta: dict, window: int, opset: int, onnx):
 
     net, _ = model_from_checkpoint(model)
     wrapped = _probabilities_module(net)
-    channels = int(meta["model"]["in_channels"])
+    channels = meta.in_channels
     example = torch.zeros((1, channels, window, window), dtype=torch.float32)
     buffer = io.BytesIO()
-    spec = meta["model"]
+    spec = meta.model
     try:
         with warnings.catch_warnings(), _quiet_stdout():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices

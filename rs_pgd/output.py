@@ -70,6 +70,38 @@ def check_output_path(path, inputs: Iterable = (), overwrite: bool = True) -> Pa
     return target
 
 
+def check_outputs(outputs: dict, inputs: Iterable = (), overwrite: bool = True) -> dict[str, Path]:
+    """Check every output path of a run before any work: each writable (:func:`check_output_path`), none an input,
+    no two the same file.
+
+    Parameters
+    ----------
+    outputs : dict
+        ``{option name: path or None}``; the names appear in the errors (``"--preview"``, ...). None is skipped.
+    inputs : iterable of path-like
+        The run's input files.
+
+    Returns
+    -------
+    dict
+        The checked paths by name.
+    """
+    checked: dict[str, Path] = {}
+    inputs = [item for item in inputs if item is not None]
+    for name, path in outputs.items():
+        if path is None:
+            continue
+        try:
+            target = check_output_path(path, inputs=inputs, overwrite=overwrite)
+        except OutputError as exc:
+            raise OutputError(f"{name}: {exc}" if name != "output" else str(exc)) from None
+        for other, earlier in checked.items():
+            if _same_file(target, earlier):
+                raise OutputError(f"{name} {path} is the same file as {other}; give each output its own file name")
+        checked[name] = target
+    return checked
+
+
 def _can_create_in(folder: Path) -> bool:
     """Whether a file can really be created in ``folder`` (``os.access`` says yes to root everywhere, e.g. /proc)."""
     import tempfile
@@ -89,6 +121,14 @@ def _same_file(a: Path, b: Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+def sibling(output, suffix: str) -> Path:
+    """A file named after an output: ``model.safetensors`` -> ``model<suffix>`` (e.g. ``.curve.png``)."""
+    output = Path(output)
+    name = output.name
+    stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else output.stem
+    return output.with_name(stem + suffix)
+
+
 def temporary_path(target: Path, tag: str = "tmp") -> Path:
     """A hidden path next to ``target``: ``.<name>.<pid>.<tag><suffix>`` (same filesystem, so rename is atomic)."""
     suffix = target.suffix or ".tif"
@@ -105,12 +145,27 @@ def remove_raster(path: Path) -> None:
 
 
 class AtomicOutput:
-    """Write a raster to a hidden temporary file and move it onto ``path`` only on success.
+    """The one atomic writer: write to a hidden temporary file, move it onto ``path`` only on success.
 
-    The target is validated on construction (:func:`check_output_path`). Inside the ``with`` block write to the
-    yielded temporary path; on a normal exit it replaces the target (with its ``.aux.xml``/``.ovr``/``.msk``
-    sidecars; stale sidecars of an older target are removed); on any exception the temporary files are removed and
-    an existing target is left untouched. A killed process leaves only the hidden temporary file.
+    Every file rs-pgd writes goes through it (rasters, checkpoints, resume state, PNGs, vectors, ONNX files). The
+    target is validated on construction (:func:`check_output_path`). Inside the ``with`` block write to the
+    yielded temporary path; on a normal exit it replaces the target together with its sidecars (stale sidecars of
+    an older target are removed); on any exception the temporary files are removed and an existing target is left
+    untouched. A killed process leaves only the hidden temporary file.
+
+    Parameters
+    ----------
+    path : path-like
+        The target.
+    inputs : iterable of path-like
+        Input files of the run, which the target must not replace.
+    overwrite : bool
+        Whether an existing target may be replaced.
+    sidecars : tuple of str
+        Companion files that travel with the target: suffixes appended to the name (GDAL's ``.aux.xml``, the
+        default) or, with ``replace_suffix``, replacing its suffix (a shapefile's ``.shx``, ``.dbf``, ...).
+    replace_suffix : bool
+        Sidecars are ``path.with_suffix(s)`` rather than ``path + s``.
 
     Examples
     --------
@@ -119,13 +174,16 @@ class AtomicOutput:
     ...         dst.write(data)
     """
 
-    def __init__(self, path, inputs: Iterable = (), overwrite: bool = True):
+    def __init__(self, path, inputs: Iterable = (), overwrite: bool = True, sidecars: tuple = SIDECARS,
+                 replace_suffix: bool = False):
         self.path = check_output_path(path, inputs, overwrite)
         self.temp = temporary_path(self.path)
+        self.sidecars = tuple(sidecars)
+        self.replace_suffix = replace_suffix
         self.committed = False
 
     def __enter__(self) -> Path:
-        remove_raster(self.temp)
+        self.discard()
         return self.temp
 
     def __exit__(self, exc_type, exc, tb):
@@ -135,12 +193,15 @@ class AtomicOutput:
             self.discard()
         return False
 
+    def _sidecar(self, path: Path, suffix: str) -> str:
+        return str(path.with_suffix(suffix)) if self.replace_suffix else str(path) + suffix
+
     def commit(self) -> Path:
         """Move the temporary file (and its sidecars) onto the target."""
         if not self.temp.exists():
             raise OutputError(f"nothing was written to {self.temp}; the output {self.path} was not created")
-        for sidecar in SIDECARS:
-            new, old = str(self.temp) + sidecar, str(self.path) + sidecar
+        for sidecar in self.sidecars:
+            new, old = self._sidecar(self.temp, sidecar), self._sidecar(self.path, sidecar)
             if os.path.exists(new):
                 os.replace(new, old)
             elif os.path.exists(old):
@@ -151,7 +212,11 @@ class AtomicOutput:
 
     def discard(self) -> None:
         """Remove the temporary file and its sidecars; the target stays as it was."""
-        remove_raster(self.temp)
+        for name in (str(self.temp), *(self._sidecar(self.temp, s) for s in self.sidecars)):
+            try:
+                os.remove(name)
+            except FileNotFoundError:
+                pass
 
 
 # -- profiles and class tables ------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ def write_preview(scene, class_map, path, bands=None, classes=None, max_side: in
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    from rs_pgd.output import class_colormap
+    from rs_pgd.output import AtomicOutput, class_colormap
 
     with rasterio.open(scene) as src:
         scale = max(src.width, src.height) / max_side
@@ -48,14 +47,11 @@ def write_preview(scene, class_map, path, bands=None, classes=None, max_side: in
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        with AtomicOutput(path, inputs=[scene, class_map], sidecars=()) as temp:
+            fig.savefig(temp, format="png")
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -169,9 +169,10 @@ def _set_enabled(profile: Path, enabled: bool | None) -> Path:
             if end < len(lines):
                 body.append("")
         lines = lines[:start + 1] + body + lines[end:]
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(temp, path)
+    from rs_pgd.output import AtomicOutput
+
+    with AtomicOutput(path, sidecars=()) as temp:
+        temp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 

@@ -24,7 +24,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -34,9 +33,10 @@ import numpy as np
 import torch
 
 from rs_pgd import __version__
-from rs_pgd.config import STEP_EVERY_SCENE, FitConfig, sibling
+from rs_pgd.config import STEP_EVERY_SCENE, FitConfig
 from rs_pgd.errors import GridError, LabelError, NonFiniteLossError, RsPgdError, TrainingError
 from rs_pgd.grid import WindowGrid
+from rs_pgd.output import sibling
 from rs_pgd.runtime import (
     autocast_context,
     autocast_dtype,
@@ -125,9 +125,11 @@ class Trainer:
                 else:  # --max-steps stopped mid-epoch: resume from this very step, as if never stopped
                     self._save(self._resume_state(epoch, unfinished, history, best))
         except KeyboardInterrupt:
+            from rs_pgd.checkpoint import resume_path
+
             raise KeyboardInterrupt(
                 f"training stopped during epoch {epoch + 1}; continue with the same command plus --resume "
-                f"(state after epoch {epoch} is in {sibling(self.output, '.resume.pt')})"
+                f"(state after epoch {epoch} is in {resume_path(self.output)})"
             ) from None
         finally:
             if log:
@@ -361,31 +363,31 @@ class Trainer:
             msg += f", val mIoU {scores['miou']:.4f}, accuracy {scores['accuracy']:.4f}"
         logger.info(msg)
 
-    def metadata(self) -> dict:
-        """Everything inference needs, and the story of the run, as JSON-ready data."""
+    def metadata(self):
+        """Everything inference needs, and the story of the run: the :class:`rs_pgd.checkpoint.CheckpointMeta`."""
+        from rs_pgd.checkpoint import CheckpointMeta
+
         c = self.config
         first = self.sources[0]
-        return {
-            "format": "rs-pgd-checkpoint",
-            "format_version": 1,
-            "rs_pgd_version": __version__,
-            "model": self.spec,
-            "bands": list(first.reader.bands),
-            "band_names": self.scene_meta["band_names"],
-            "preset": self.scene_meta["preset"],
-            "scale": self.scene_meta["scale"],
-            "offset": self.scene_meta["offset"],
-            "stats": first.stats.to_dict(),
-            "classes": self.class_table.to_dict(),
-            "geometry": {"tile": c.tile, "margin": c.margin, "stride": first.grid.stride, "align": first.grid.align},
-            "training_scenes": self.scene_meta["scenes"],
-            "config": _jsonable(asdict(c)),
-            "precision": self.precision,
-            "precision_reason": self.precision_reason,
-            "history": self.history,
-            "best": self.best,
-            "steps": self.steps,
-        }
+        return CheckpointMeta(
+            rs_pgd_version=__version__,
+            model=dict(self.spec),
+            bands=tuple(first.reader.bands),
+            band_names=tuple(self.scene_meta["band_names"]),
+            preset=self.scene_meta["preset"],
+            scale=self.scene_meta["scale"],
+            offset=self.scene_meta["offset"],
+            stats=first.stats.to_dict(),
+            classes=self.class_table.to_dict(),
+            geometry={"tile": c.tile, "margin": c.margin, "stride": first.grid.stride, "align": first.grid.align},
+            training_scenes=tuple(self.scene_meta["scenes"]),
+            config=_jsonable(asdict(c)),
+            precision=self.precision,
+            precision_reason=self.precision_reason,
+            history=tuple(_jsonable(self.history)),
+            best=_jsonable(self.best),
+            steps=self.steps,
+        )
 
     def _resume_state(self, epoch: int, unfinished: dict | None = None, history=None, best=None) -> dict:
         """Everything ``--resume`` needs to go on as if never stopped: at the start of ``epoch`` (0-based), or,
@@ -421,28 +423,20 @@ class Trainer:
             self.dist.barrier()
 
     def _write_checkpoints(self, resume: dict) -> None:
-        from rs_pgd.models import save_checkpoint
+        from rs_pgd import checkpoint
 
         if self._best_pending:
-            save_checkpoint(self.output, resume["model"], self.metadata())
-        path = sibling(self.output, ".resume.pt")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            torch.save(resume, tmp)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+            checkpoint.save(self.output, resume["model"], self.metadata())
+        checkpoint.save_resume(self.output, resume)
 
     def _load_resume_state(self) -> None:
-        path = sibling(self.output, ".resume.pt")
-        if not path.exists():
+        from rs_pgd.checkpoint import load_resume, resume_path
+
+        path = resume_path(self.output)
+        state = load_resume(self.output)
+        if state is None:
             warnings.warn(f"no resume state at {path}; starting from scratch", stacklevel=2)
             return
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-            raise TrainingError(f"cannot read the resume state {path} ({type(exc).__name__}); delete it to start afresh") from None
         saved = json.loads(state["config_json"])
         now = _jsonable(asdict(self.config))
         changed = sorted(k for k in now if k not in ("epochs", "max_steps", "progress", "workers", "log_json")
@@ -509,7 +503,7 @@ def _open_sources(scenes, labels, c: FitConfig, n_train: int):
         for line in getattr(source_labels, "report", []):
             logger.info("labels: %s", line)
         infos.append({"path": str(scene_path), "crs": info.crs_string, "res": list(info.res),
-                      "width": info.width, "height": info.height})
+                      "width": info.width, "height": info.height, "count": info.count, "dtype": info.dtype})
         grid = WindowGrid(info.height, info.width, c.tile, c.margin, c.stride, align=32)
         sources.append(SceneSource(reader, source_labels, grid, None))
     table, luts = unify_class_tables(tables, [str(p) for p in labels])
@@ -723,16 +717,15 @@ def _plot_curve(history: list, path: Path) -> None:
         ax2.set_ylim(0, 1)
     ax.set_title("rs-pgd training")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    from rs_pgd.output import AtomicOutput
+
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        with AtomicOutput(path, sidecars=()) as temp:
+            fig.savefig(temp, format="png")
     except OSError as exc:
         warnings.warn(f"could not write the training curve {path}: {exc}", stacklevel=2)
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
 
 
 __all__ = ["train", "FitConfig", "FitResult", "RsPgdError"]

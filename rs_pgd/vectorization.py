@@ -13,7 +13,6 @@ Memory holds one window of pixels plus the polygons (only those on window border
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -179,8 +178,9 @@ def vectorize(prediction, output, *, min_area: float = 0.0, simplify: float = 0.
     if driver == "GeoJSON" and crs is not None:
         frame = frame.to_crs("EPSG:4326")  # RFC 7946: GeoJSON coordinates are WGS84 longitude, latitude
     target = Path(output)
-    with AtomicOutput(target, inputs=[prediction]) as temp:
-        _write(frame, temp, target, driver, layer or target.stem)
+    parts = SHAPEFILE_PARTS if driver == "ESRI Shapefile" else ()
+    with AtomicOutput(target, inputs=[prediction], sidecars=parts, replace_suffix=True) as temp:
+        _write(frame, temp, driver, layer or target.stem)
     return _summary(frame, target, driver, frame.crs, dropped, tile)
 
 
@@ -231,8 +231,8 @@ def _to_map_coordinates(geometries: np.ndarray, transform) -> np.ndarray:
     return shapely.transform(geometries, lambda xy: xy @ matrix.T + origin)
 
 
-def _write(frame, temp: Path, target: Path, driver: str, layer: str) -> None:
-    """Write ``frame`` to ``temp``; a shapefile's companion files are moved next to ``target`` here."""
+def _write(frame, temp: Path, driver: str, layer: str) -> None:
+    """Write ``frame`` to ``temp`` (a shapefile's companion files land beside it, moved by the atomic writer)."""
     kwargs = {"driver": driver, "engine": "pyogrio"}
     if driver == "GPKG":
         kwargs["layer"] = layer
@@ -240,17 +240,7 @@ def _write(frame, temp: Path, target: Path, driver: str, layer: str) -> None:
         kwargs["geometry_type"] = "Polygon"
     if driver == "GeoJSON" and frame.crs is not None:
         kwargs["RFC7946"] = "YES"  # right-hand winding, no "crs" member
-    try:
-        frame.to_file(temp, **kwargs)
-        if driver == "ESRI Shapefile":
-            for part in SHAPEFILE_PARTS:
-                written = temp.with_suffix(part)
-                if written.exists():
-                    os.replace(written, target.with_suffix(part))
-    except BaseException:
-        for part in SHAPEFILE_PARTS:
-            temp.with_suffix(part).unlink(missing_ok=True)
-        raise
+    frame.to_file(temp, **kwargs)
 
 
 def _summary(frame, target, driver, crs, dropped, tile) -> dict:

@@ -133,7 +133,8 @@ CASES = [
          E, r"--mapping.*not a JSON object", "m.safetensors"),
     Case("labels-raster-other-grid", info("scene.tif", "labels_3857.tif"), OK, r"labels_3857.tif \(raster\)", None),
     # -- checkpoints --------------------------------------------------------------------------------------
-    Case("checkpoint-band-count", predict("model.safetensors", "bands1.tif"), E, r"trained on bands \[1, 2, 3\].*1 band"),
+    Case("checkpoint-band-count", predict("model.safetensors", "bands1.tif"), E,
+         r"trained on bands 1 \(band 1\), 2 \(band 2\), 3 \(band 3\) but bands1.tif has 1 band.*--bands"),
     Case("checkpoint-preset", predict("model_s2.safetensors", "scene.tif"), E, r"trained on bands .*has 3 band"),
     Case("checkpoint-text", predict("notes.safetensors", "scene.tif"), E, r"not an rs-pgd checkpoint.*written by rs-pgd"),
     Case("checkpoint-torch-pickle", predict("weights.pt", "scene.tif"), E, r"not an rs-pgd checkpoint.*not a safetensors"),
@@ -239,6 +240,32 @@ CASES += [
          r"needs pyarrow.*pip install pyarrow", None),
 ]
 
+# -- issue 14: every output checked before work; the scene compared with the training scenes ----------------------
+CASES += [
+    Case("predict-preview-not-png", predict("model.safetensors", "scene.tif", "out.tif", "--preview", "{in}/scene.tif"),
+         E, r"--preview .*scene.tif must be a .png file"),
+    Case("predict-preview-is-an-input", predict("model.safetensors", "scene_png.png", "out.tif", "--preview",
+                                                "{in}/scene_png.png"), E, r"--preview: output .*scene_png.png is also an input"),
+    Case("predict-preview-dir-missing", predict("model.safetensors", "scene.tif", "out.tif", "--preview",
+                                                "{out}/missing/p.png"), E, r"--preview: directory .*missing does not exist"),
+    Case("predict-preview-is-the-output", predict("model.safetensors", "scene.tif", "out.png", "--preview", "{out}/out.png"),
+         E, r"(--preview .*same file as output|\.tif)", "out.png"),
+    Case("predict-probabilities-is-the-output", predict("model.safetensors", "scene.tif", "out.tif", "--probabilities",
+                                                        "{out}/out.tif"), E, r"--probabilities .*same file as output"),
+    Case("predict-batch-size-zero", predict("model.safetensors", "scene.tif", "out.tif", "--batch-size", "0"), E,
+         r"--batch-size 0 must be at least 1"),
+    Case("predict-workers-negative", predict("model.safetensors", "scene.tif", "out.tif", "--workers", "-1"), E,
+         r"--workers -1 must be 0"),
+    Case("fit-log-json-is-an-input", fit("scene.tif", "labels.gpkg", "m.safetensors", "--log-json", "{in}/labels.gpkg"),
+         E, r"--log-json: output .*labels.gpkg is also an input", "m.safetensors"),
+    Case("predict-other-band-count", predict("model.safetensors", "bands13.tif"), E,
+         r"bands13.tif has 13 bands but the model .* 3-band scenes .*--bands 1,2,3"),
+    Case("predict-other-band-count-chosen", predict("model.safetensors", "bands13.tif", "out.tif", "--bands", "4,3,2"),
+         OK, r"wrote", check=_class_map_ok),
+    Case("predict-dn-scene-warns", predict("model.safetensors", "uint16.tif"), OK, r"wrote",
+         warning=r"uint16.tif holds uint16 values but the model was trained on uint8 scenes"),
+]
+
 # -- issue 14: training ------------------------------------------------------------------------------------------
 CASES += [
     Case("fit-one-class-labels", fit("scene.tif", "one_class.gpkg"), E, r"one class only.*--background CLASS",
@@ -277,6 +304,7 @@ def inputs(tmp_path_factory):
     (folder / "model.curve.png").unlink()
     (folder / "model.resume.pt").unlink()
     _sentinel_checkpoint(folder / "model.safetensors", folder / "model_s2.safetensors")
+    (folder / "scene_png.png").write_bytes((folder / "scene.tif").read_bytes())  # a GeoTIFF under a .png name
     with rasterio.open(folder / "scene.tif") as src:
         profile = {**src.profile, "count": 1}
     with rasterio.open(folder / "classes.tif", "w", **profile) as dst:

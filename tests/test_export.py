@@ -62,11 +62,12 @@ def checkpoint_meta(scene, preset="generic", arch="Unet", encoder="resnet18"):
 def write_checkpoint(path, meta):
     import torch
 
-    from rs_pgd.models import ModelSpec, save_checkpoint
+    from rs_pgd import checkpoint
+    from rs_pgd.models import ModelSpec
 
     torch.manual_seed(0)
     net, _ = ModelSpec.from_dict(meta["model"]).build()
-    save_checkpoint(path, net, meta)
+    checkpoint.save(path, net, checkpoint.CheckpointMeta.from_dict(meta))  # a 0.1-layout dict, upgraded
     return path
 
 
@@ -97,7 +98,7 @@ def real_windows(bounds_list, meta):
     from rs_pgd.raster import BandStats, SceneReader, normalise
 
     reader = SceneReader(DEMO_SCENE)
-    stats = BandStats.from_dict(meta["stats"])
+    stats = BandStats.from_dict(meta.stats)
     out = []
     for bounds in bounds_list:
         data = reader.read(bounds)
@@ -107,7 +108,7 @@ def real_windows(bounds_list, meta):
 
 # -- 1. metadata ---------------------------------------------------------------------------------------------------
 def test_metadata_has_every_deepness_key_json_encoded(exported, checkpoint):
-    from rs_pgd.config import read_checkpoint_header
+    from rs_pgd.checkpoint import read_header
 
     meta = decoded(exported.output)
     assert DEEPNESS_KEYS | {"rs_pgd"} <= set(meta)
@@ -121,8 +122,8 @@ def test_metadata_has_every_deepness_key_json_encoded(exported, checkpoint):
         assert meta["resolution"] == pytest.approx(src.res[0] * 100, rel=1e-9)  # cm/px
     assert len(meta["standardization_mean"]) == len(meta["standardization_std"]) == 3
     stored = meta["rs_pgd"]
-    header = read_checkpoint_header(checkpoint)
-    assert {k: v for k, v in stored.items() if k != "export"} == header
+    header = read_header(checkpoint)
+    assert {k: v for k, v in stored.items() if k != "export"} == header.to_dict()
     assert stored["export"] == {"tile": TILE, "margin": MARGIN, "stride": None, "window": WINDOW, "input": "input",
                                 "output": "output", "probabilities": "softmax"}  # fmt: skip
     assert all(isinstance(v, str) for v in props(exported.output).values())
@@ -233,12 +234,13 @@ UINT16_SCENES = [("sentinel2_denmark_lpis/RGB_small.tif", "sentinel2-l1c"),
 @pytest.mark.realdata
 @pytest.mark.parametrize("name,preset", UINT16_SCENES)
 def test_deepness_preprocessing_equals_rs_pgd_on_uint16_scenes_with_a_preset(shared_data, name, preset):
+    from rs_pgd.checkpoint import CheckpointMeta
     from rs_pgd.onnx_export import deepness_metadata
 
     scene = shared_data / name
     meta = checkpoint_meta(scene, preset=preset)
     assert meta["scale"] != 1 and meta["offset"] != 0
-    values = {k: json.loads(v) for k, v in deepness_metadata(meta, TILE, MARGIN).items()}
+    values = {k: json.loads(v) for k, v in deepness_metadata(CheckpointMeta.from_dict(meta), TILE, MARGIN).items()}
     want, valid, raw = rs_pgd_input(scene, meta, (100, 100, 100 + WINDOW, 100 + WINDOW))
     assert raw.dtype == np.uint16 and valid.mean() > 0.9
     got = deepness_input(raw, values["standardization_mean"], values["standardization_std"])
@@ -296,13 +298,15 @@ def test_deepness_own_model_code_reads_the_file_and_matches_rs_pgd(exported, dee
 def test_resolution_is_in_cm_for_metres_feet_and_degrees():
     from rs_pgd.onnx_export import DEGREE_METRES, resolution_cm
 
+    from types import SimpleNamespace
+
     def meta(crs, res):
-        return {"training_scenes": [{"crs": crs, "res": [res, res]}]}
+        return SimpleNamespace(training_scenes=[{"crs": crs, "res": [res, res]}])
 
     assert resolution_cm(meta("EPSG:32618", 10.0)) == pytest.approx(1000.0)
     assert resolution_cm(meta("EPSG:2263", 10.0)) == pytest.approx(10 * 0.3048006096 * 100, rel=1e-6)  # US feet
     assert resolution_cm(meta("EPSG:4326", 0.0001)) == pytest.approx(0.0001 * DEGREE_METRES * 100)
-    assert resolution_cm({"training_scenes": [{"crs": None, "res": [1, 1]}]}) is None
+    assert resolution_cm(SimpleNamespace(training_scenes=[{"crs": None, "res": [1, 1]}])) is None
 
 
 # -- 5. predict with the ONNX file, torch blocked --------------------------------------------------------------------

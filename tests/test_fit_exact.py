@@ -92,12 +92,12 @@ def run_case(scene_and_labels, tmp_path, **changes):
     initial = {k: v.detach().clone() for k, v in net.state_dict().items()}
     reference_net = copy.deepcopy(net)
     fitted = one_fit_step(scene, labels, tmp_path / "m.safetensors", net, **changes)
-    from rs_pgd.config import read_checkpoint_header
+    from rs_pgd.checkpoint import read_header
 
-    meta = read_checkpoint_header(tmp_path / "m.safetensors")
-    assert meta["classes"]["values"] == [1, 2, 3]
+    meta = read_header(tmp_path / "m.safetensors")
+    assert meta.classes["values"] == [1, 2, 3]
     assert all(fitted[k].dtype == torch.float64 for k in initial if initial[k].is_floating_point())
-    reference = whole_scene_sgd_step(reference_net, scene, labels, meta["stats"], changes.get("margin", 32))
+    reference = whole_scene_sgd_step(reference_net, scene, labels, meta.stats, changes.get("margin", 32))
     return update_error(fitted, reference, initial)
 
 

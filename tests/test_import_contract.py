@@ -6,11 +6,12 @@ every plugin at start-up, so ``rs_pgd`` and ``rs_pgd.cli.main`` are on the list 
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 TORCH_FREE = [
-    "rs_pgd", "rs_pgd.api", "rs_pgd.errors", "rs_pgd.defaults", "rs_pgd.config", "rs_pgd.runtime", "rs_pgd.grid",
+    "rs_pgd", "rs_pgd.api", "rs_pgd.errors", "rs_pgd.defaults", "rs_pgd.config", "rs_pgd.checkpoint", "rs_pgd.runtime", "rs_pgd.grid",
     "rs_pgd.presets", "rs_pgd.raster", "rs_pgd.classes", "rs_pgd.label_source", "rs_pgd.vector_labels",
     "rs_pgd.raster_labels", "rs_pgd.labels", "rs_pgd.metrics", "rs_pgd.stitch", "rs_pgd.output",
     "rs_pgd.evaluation", "rs_pgd.vectorization", "rs_pgd.info", "rs_pgd.preview", "rs_pgd.infer",
@@ -31,3 +32,17 @@ def test_the_contract_has_teeth():
     out = subprocess.run([sys.executable, "-c", "import sys, rs_pgd.pgd; print('torch' in sys.modules)"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+def test_the_api_refuses_bad_predict_input_before_importing_torch(tmp_path):
+    """``rs_pgd.predict`` runs its torch-free checks (every output path, the checkpoint header) before torch."""
+    scene = Path(__file__).resolve().parents[1] / "rs_pgd" / "data" / "RGB.byte.tif"
+    code = ("import sys, rs_pgd\n"
+            "from rs_pgd.errors import RsPgdError\n"
+            "try:\n"
+            f"    rs_pgd.predict({str(tmp_path / 'm.safetensors')!r}, {str(scene)!r}, {str(tmp_path / 'o.tif')!r},\n"
+            f"                   preview={str(tmp_path / 'no' / 'p.png')!r})\n"
+            "except RsPgdError as exc:\n"
+            "    print(type(exc).__name__, 'torch' in sys.modules)\n")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["OutputError", "False"], out.stdout + out.stderr

@@ -283,7 +283,7 @@ def whole_image(trained):
     net, _ = model_from_checkpoint(checkpoint)
     reader = SceneReader(DEMO_SCENE)
     data = reader.read((0, 0, reader.height, reader.width))
-    image = normalise(data.image, data.valid, BandStats.from_dict(meta["stats"]))
+    image = normalise(data.image, data.valid, meta.band_stats())
     h, w, pad = reader.height, reader.width, 64  # a multiple of 32: the windows' alignment
     padded = np.pad(image, ((0, 0), (pad, pad + (-(h + 2 * pad)) % 32), (pad, pad + (-(w + 2 * pad)) % 32)),
                     mode="reflect")  # fmt: skip
@@ -323,7 +323,7 @@ def compare_with_whole_image(result, meta, whole_image) -> dict:
         classes = ds.read(1)
     with rasterio.open(result.probabilities) as ds:
         probs = ds.read()
-    values = np.asarray(meta["classes"]["values"])
+    values = np.asarray(meta.classes["values"])
     tile = result.tile
     seam = seam_ratio(probs[1], valid, tile)
     content = seam_ratio(reference[1], valid, tile)  # the scene's own ratio at the same positions

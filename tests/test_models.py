@@ -1,13 +1,12 @@
-"""Models: building SMP models by name without downloads, norm policies, gradient checkpointing, checkpoints."""
-
-import pickle
+"""Models: building SMP models by name without downloads, norm policies, gradient checkpointing (checkpoint files:
+test_checkpoint.py)."""
 
 import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from rs_pgd.errors import CheckpointError, ModelError
+from rs_pgd.errors import ModelError
 from rs_pgd.models import (
     CheckpointedModule,
     FrozenBatchNorm2d,
@@ -15,13 +14,7 @@ from rs_pgd.models import (
     build_model,
     enable_grad_checkpointing,
     group_count,
-    load_checkpoint,
-    load_training_state,
-    model_from_checkpoint,
-    save_checkpoint,
-    save_training_state,
     set_norm_mode,
-    training_state_path,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -157,101 +150,3 @@ def test_grad_checkpointing_gives_the_same_gradients_and_state_dict_keys():
     fresh, _ = build_model("Unet", "resnet18", in_channels=3, classes=2)
     fresh.load_state_dict(model.state_dict())
     model.load_state_dict(fresh.state_dict())  # loads into the wrapped model too
-
-
-# -- checkpoints --------------------------------------------------------------------------------------------
-def test_checkpoint_round_trip(tmp_path):
-    spec = ModelSpec("Unet", "resnet18", 5, 3, "frozen")
-    model, _ = spec.build()
-    meta = {"model": spec.to_dict(), "classes": {"values": [1, 2, 3]}, "tile": 256, "note": "été"}
-    path = save_checkpoint(tmp_path / "model.safetensors", model, meta)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]  # no temp file left behind
-    state, loaded_meta = load_checkpoint(path)
-    assert loaded_meta == meta
-    assert state.keys() == model.state_dict().keys()
-    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-    rebuilt, meta2 = model_from_checkpoint(path)
-    assert meta2 == meta and not rebuilt.training
-    x = torch.randn(1, 5, 64, 64)
-    with torch.no_grad():
-        assert torch.equal(rebuilt(x), model.eval()(x))
-
-
-def test_pickle_payload_is_refused_without_running_it(tmp_path):
-    marker = tmp_path / "pwned"
-    path = tmp_path / "model.safetensors"
-    with open(path, "wb") as handle:
-        pickle.dump(_Payload(str(marker)), handle)
-    torch_path = tmp_path / "model.pth"
-    torch.save({"x": _Payload(str(marker))}, torch_path)
-    for candidate in (path, torch_path):
-        with pytest.raises(CheckpointError, match="not an rs-pgd checkpoint"):
-            load_checkpoint(candidate)
-        with pytest.raises(CheckpointError, match="not an rs-pgd checkpoint"):
-            model_from_checkpoint(candidate)
-    state_file = training_state_path(path)
-    torch.save({"x": _Payload(str(marker))}, state_file)
-    with pytest.raises(CheckpointError, match="cannot be read safely"):
-        load_training_state(path)
-    assert not marker.exists()
-    with open(path, "rb") as handle:  # the payload is live: unpickling it would have written the marker
-        pickle.load(handle)
-    assert marker.exists()
-
-
-def test_other_files_are_refused(tmp_path):
-    plain = tmp_path / "plain.safetensors"
-    save_file({"w": torch.zeros(2)}, str(plain))
-    with pytest.raises(CheckpointError, match="no rs-pgd metadata"):
-        load_checkpoint(plain)
-    text = tmp_path / "notes.safetensors"
-    text.write_text("hello")
-    with pytest.raises(CheckpointError, match="not an rs-pgd checkpoint"):
-        load_checkpoint(text)
-    with pytest.raises(CheckpointError, match="not found"):
-        load_checkpoint(tmp_path / "missing.safetensors")
-    truncated = tmp_path / "truncated.safetensors"
-    save_checkpoint(tmp_path / "good.safetensors", {"w": torch.ones(1000)}, {"model": {}})
-    truncated.write_bytes((tmp_path / "good.safetensors").read_bytes()[:-100])
-    with pytest.raises(CheckpointError, match="not an rs-pgd checkpoint"):
-        load_checkpoint(truncated)
-    with pytest.raises(CheckpointError, match="JSON"):
-        save_checkpoint(tmp_path / "bad.safetensors", {"w": torch.ones(1)}, {"f": object()})
-
-
-def test_training_state_round_trip(tmp_path):
-    model = nn.Linear(3, 2)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=10)
-    model(torch.randn(4, 3)).sum().backward()
-    optimizer.step()
-    scheduler.step()
-    state = {
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "epoch": 3,
-        "rng": torch.get_rng_state(),
-    }
-    path = tmp_path / "model.safetensors"
-    save_training_state(path, state)
-    loaded = load_training_state(path)
-    assert loaded["epoch"] == 3 and torch.equal(loaded["rng"], state["rng"])
-    fresh = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    fresh.load_state_dict(loaded["optimizer"])
-    assert torch.equal(
-        fresh.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"]
-    )
-    with pytest.raises(CheckpointError, match="only tensors and plain containers"):
-        save_training_state(path, {"optimizer": optimizer})
-    with pytest.raises(CheckpointError, match="not found"):
-        load_training_state(tmp_path / "other.safetensors")
-
-
-class _Payload:
-    """Unpickling this object writes a marker file."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))

@@ -77,10 +77,10 @@ def test_fit_logs_and_records_the_choice(tmp_path, demo_labels, override, expect
     )
     assert done.returncode == 0, done.stderr
     assert f"precision {expected} (auto: RS_PGD_CPU_BF16={override}" in done.stderr
-    from rs_pgd.config import read_checkpoint_header
+    from rs_pgd.checkpoint import read_header
 
-    meta = read_checkpoint_header(out)
-    assert meta["precision"] == expected and f"RS_PGD_CPU_BF16={override}" in meta["precision_reason"]
+    meta = read_header(out)
+    assert meta.precision == expected and f"RS_PGD_CPU_BF16={override}" in meta.precision_reason
 
 
 def test_info_json_reports_the_precision_auto_would_use(monkeypatch, demo_scene):

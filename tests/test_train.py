@@ -8,9 +8,10 @@ import torch
 from conftest import write_demo_crop
 
 from rs_pgd import fit
-from rs_pgd.config import FitConfig, sibling
+from rs_pgd.checkpoint import load_resume, read_header
+from rs_pgd.config import FitConfig
 from rs_pgd.errors import GridError, LabelError, TrainingError
-from rs_pgd.models import load_checkpoint
+from rs_pgd.output import sibling
 from rs_pgd.train import Trainer
 
 FAST = dict(encoder="resnet18", tile=64, margin=32, batch_size=4, workers=0, progress=False, epochs=2)
@@ -26,8 +27,7 @@ def small_scene(tmp_path):
 
 
 def _resume_weights(output):
-    state = torch.load(sibling(output, ".resume.pt"), weights_only=True)
-    return state["model"]
+    return load_resume(output)["model"]
 
 
 def test_fit_writes_a_self_describing_checkpoint(tmp_path, small_scene, demo_labels):
@@ -35,15 +35,16 @@ def test_fit_writes_a_self_describing_checkpoint(tmp_path, small_scene, demo_lab
     log = tmp_path / "log.jsonl"
     result = fit(small_scene, demo_labels, out, log_json=str(log), **FAST)
     assert result.checkpoint == out and out.exists()
-    state, meta = load_checkpoint(out)
-    assert meta["model"] == {"arch": "Unet", "encoder": "resnet18", "in_channels": 3, "classes": 2, "norm": "batch"}
-    assert meta["bands"] == [1, 2, 3]
-    assert meta["classes"]["values"] == [0, 1] and meta["classes"]["names"] == ["water", "land"]
-    assert meta["geometry"] == {"tile": 64, "margin": 32, "stride": 64, "align": 32}
-    assert meta["training_scenes"][0]["crs"] == "EPSG:32618"
-    assert len(meta["stats"]["mean"]) == 3 and all(s > 0 for s in meta["stats"]["std"])
-    assert meta["config"]["seed"] == 0 and meta["rs_pgd_version"]
-    assert len(meta["history"]) == 2
+    meta = read_header(out)
+    assert meta.model == {"arch": "Unet", "encoder": "resnet18", "in_channels": 3, "classes": 2, "norm": "batch"}
+    assert meta.bands == (1, 2, 3) and meta.schema_version == 2
+    assert meta.classes["values"] == [0, 1] and meta.class_names == ["water", "land"]
+    assert meta.geometry == {"tile": 64, "margin": 32, "stride": 64, "align": 32}
+    assert meta.training_scenes[0]["crs"] == "EPSG:32618"
+    assert meta.training_scenes[0]["count"] == 3 and meta.training_scenes[0]["dtype"] == "uint8"
+    assert len(meta.stats["mean"]) == 3 and all(s > 0 for s in meta.stats["std"])
+    assert meta.config["seed"] == 0 and meta.rs_pgd_version
+    assert len(meta.history) == 2
     assert sibling(out, ".curve.png").stat().st_size > 1000
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2]  # one optimizer step per pass over the scene
@@ -191,7 +192,7 @@ def test_max_steps_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, s
     parts.parent.mkdir()
     first = fit(small_scene, demo_labels, parts, max_steps=2, **opts)
     assert first.steps == 2 and first.history[-1]["partial"]
-    state = torch.load(sibling(parts, ".resume.pt"), weights_only=True)
+    state = load_resume(parts)
     assert int(state["epoch"]) == 0 and int(state["groups_done"]) == 2
     second = fit(small_scene, demo_labels, parts, resume=True, **opts)
     assert second.steps == 12 and [h["epoch"] for h in second.history] == [1, 2]

@@ -2,6 +2,7 @@
 
 import click
 
+from rs_pgd import defaults
 from rs_pgd.cli import options
 from rs_pgd.cli.config_file import config_options
 
@@ -14,19 +15,23 @@ from rs_pgd.cli.config_file import config_options
 @options.tile_opt
 @options.margin_opt
 @options.stride_opt
-@click.option("--blend", type=click.Choice(["none", "linear", "cosine"]), default="none", show_default=True,
+@click.option("--blend", type=click.Choice(defaults.BLENDS), default=defaults.BLEND, show_default=True,
               help="Keep window centres (none) or blend overlapping windows (with --stride < --tile).")
 @click.option("--probabilities", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Also write per-class probabilities (one band per class) to this COG.")
-@click.option("--probability-dtype", type=click.Choice(["uint8", "float32"]), default="uint8", show_default=True)
+@click.option("--probability-dtype", type=click.Choice(defaults.PROBABILITY_DTYPES), default=defaults.PROBABILITY_DTYPE,
+              show_default=True)
 @click.option("--preview", type=click.Path(dir_okay=False), default=None, metavar="PNG",
               help="Write a quick-look PNG (input beside the class map, with a legend).")
 @click.option("--batch-size", type=int, default=None, help="Windows per forward pass (default: 1 on CPU, 8 on CUDA).")
-@click.option("--precision", type=click.Choice(["auto", "32", "bf16", "16-mixed"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(defaults.PRECISIONS), default=defaults.PRECISION, show_default=True)
 @options.nodata_opt
+@click.option("--bands", callback=options._parse_bands, default=None, metavar="LIST",
+              help="The scene's bands to feed the model (e.g. 4,3,2 or band names), when its band count differs "
+                   "from the training scenes'. Default: the training bands.")
 @click.option("--bbox", nargs=4, type=float, default=None, metavar="W S E N",
               help="Predict only this area (in --bbox-crs); the output covers it, snapped to the scene's pixels.")
-@click.option("--bbox-crs", default="EPSG:4326", show_default=True, help="CRS of --bbox.")
+@click.option("--bbox-crs", default=defaults.BBOX_CRS, show_default=True, help="CRS of --bbox.")
 @click.option("--aoi", type=click.Path(dir_okay=False), default=None, metavar="VECTOR",
               help="Predict only the bounding box of this vector file's features.")
 @click.option("--no-cog", is_flag=True, help="Write a plain tiled GeoTIFF instead of a Cloud Optimized GeoTIFF.")
@@ -34,17 +39,11 @@ from rs_pgd.cli.config_file import config_options
 @options.device_opt
 @click.option("--quiet", is_flag=True, help="No progress bar or log lines (as the global -q).")
 def predict(model, scene, output, tile, margin, stride, blend, probabilities, probability_dtype, preview,
-            batch_size, precision, nodata, bbox, bbox_crs, aoi, no_cog, workers, device, quiet):
+            batch_size, precision, nodata, bands, bbox, bbox_crs, aoi, no_cog, workers, device, quiet):
     """Predict classes for SCENE with the checkpoint MODEL and write them to OUTPUT.
 
     MODEL may also be an .onnx file written by `rs-pgd export`: it runs with onnxruntime, without torch.
     """
-    from rs_pgd.config import preflight_predict
-    from rs_pgd.onnx_backend import is_onnx_path
-
-    if not is_onnx_path(model):  # an ONNX model never imports torch: predict() checks it as fast
-        preflight_predict(model, scene, output, probabilities, blend, tile, margin, stride)  # before torch
-
     import rs_pgd
 
     if quiet:
@@ -55,6 +54,6 @@ def predict(model, scene, output, tile, margin, stride, blend, probabilities, pr
         model, scene, output, tile=tile, margin=margin, stride=stride, blend=blend, probabilities=probabilities,
         probability_dtype=probability_dtype, preview=preview, batch_size=batch_size, device=device,
         precision=precision, workers=workers, cog=not no_cog, progress=not quiet, nodata=nodata,
-        bbox=bbox, bbox_crs=bbox_crs, aoi=aoi,
+        bbox=bbox, bbox_crs=bbox_crs, aoi=aoi, bands=bands,
     )
     click.echo(f"wrote {result.output} ({result.windows} windows, {result.seconds:.1f} s)")
