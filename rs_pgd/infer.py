@@ -110,6 +110,9 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
         Predict only the area ``bbox = (W, S, E, N)`` (in ``bbox_crs``) or the bounds of the vector file ``aoi``:
         the output covers that area snapped to the scene's pixels, and only the windows it needs are read.
     """
+    from rs_pgd.runtime import check_loader_options
+
+    check_loader_options(batch_size, workers)  # before torch: a DataLoader would fail deep inside
     import time
 
     from rs_pgd.onnx_backend import is_onnx_path

@@ -245,6 +245,11 @@ CASES += [
          "m.safetensors"),
     Case("fit-workers-negative", fit("scene.tif", "labels.gpkg", "m.safetensors", "--workers", "-1"), E,
          r"--workers -1 must be 0 .* or a positive number", "m.safetensors"),
+    # predict's options are checked by rs_pgd.predict itself, before torch (not only by click)
+    Case("predict-batch-size-0", predict("model.safetensors", "scene.tif", "out.tif", "--batch-size", "0"), E,
+         r"--batch-size 0 must be at least 1"),
+    Case("predict-workers-negative", predict("model.safetensors", "scene.tif", "out.tif", "--workers", "-1"), E,
+         r"--workers -1 must be 0 .* or a positive number"),
 ]
 
 
