@@ -113,6 +113,7 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     from rs_pgd.runtime import check_loader_options
 
     check_loader_options(batch_size, workers)  # before torch: a DataLoader would fail deep inside
+    _check_output_formats(output, probabilities, preview, cog)
     import time
 
     from rs_pgd.onnx_backend import is_onnx_path
@@ -133,6 +134,18 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     return _predict_windows(backend, model, scene, output, tile, margin, stride, blend, probabilities,
                             probability_dtype, preview, cog, progress, started, nodata,
                             _area(bbox, bbox_crs, aoi))
+
+
+def _check_output_formats(output, probabilities, preview, cog) -> None:
+    """Each output's name must say the format written there: GeoTIFF for the rasters, PNG for the preview."""
+    from rs_pgd.output import GEOTIFF_SUFFIXES, check_format_suffix
+
+    geotiff = "a Cloud Optimized GeoTIFF" if cog else "a GeoTIFF"
+    check_format_suffix(output, GEOTIFF_SUFFIXES, geotiff, "-o")
+    if probabilities is not None:
+        check_format_suffix(probabilities, GEOTIFF_SUFFIXES, geotiff, "--probabilities")
+    if preview is not None:
+        check_format_suffix(preview, (".png",), "a PNG", "--preview")
 
 
 def _predict_windows(backend: Backend, model, scene, output, tile, margin, stride, blend, probabilities,

@@ -151,6 +151,16 @@ CASES = [
                                          "--quiet"], E, r"also an input.*another output path", None),
     Case("output-equals-input-fit", ["fit", "{in}/scene.tif", "{in}/labels.gpkg", "-o", "{in}/labels.gpkg", *FAST], E,
          r"also an input.*another output path", None),
+    # outputs named for another format than the one written (issue 14 #13: -o pred.png wrote a GeoTIFF)
+    Case("output-png-name-predict", predict("model.safetensors", "scene.tif", "pred.png"), E,
+         r"-o pred.png ends in .png, but rs-pgd writes a Cloud Optimized GeoTIFF there; name it pred.tif",
+         "pred.png"),
+    Case("output-probabilities-png-name", predict("model.safetensors", "scene.tif", "out.tif", "--probabilities",
+                                                  "{out}/p.png"), E, r"--probabilities p.png .*GeoTIFF.*p.tif"),
+    Case("output-preview-tif-name", predict("model.safetensors", "scene.tif", "out.tif", "--preview",
+                                            "{out}/q.tif"), E, r"--preview q.tif .*a PNG there; name it q.png"),
+    Case("output-confusion-not-png", ["evaluate", "{in}/classes.tif", "{in}/labels.gpkg", "--confusion-png",
+                                      "{out}/c.jpg"], E, r"--confusion-png c.jpg .*PNG.*c.png", "c.jpg"),
     Case("vectorize-output-not-vector", ["vectorize", "{in}/classes.tif", "-o", "{in}/classes.tif"], E,
          r"cannot tell the vector format.*\.gpkg", None),
     # -- options ------------------------------------------------------------------------------------------

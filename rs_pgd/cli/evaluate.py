@@ -28,6 +28,11 @@ def evaluate(prediction, labels, class_column, layer, mapping, all_touched, back
     from rs_pgd.evaluation import evaluate as run_evaluate
     from rs_pgd.evaluation import format_table, to_json
 
+    if confusion_png:  # before the scoring, which may take long: a bad name must not waste it
+        from rs_pgd.output import check_format_suffix, check_output_path
+
+        check_format_suffix(confusion_png, (".png",), "a PNG", "--confusion-png")
+        check_output_path(confusion_png, inputs=[prediction, labels])
     result = run_evaluate(prediction, labels, class_column=class_column, layer=layer, mapping=mapping,
                           all_touched=all_touched, background=background, tile=tile)
     if confusion_png:
