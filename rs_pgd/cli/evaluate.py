@@ -17,7 +17,7 @@ from rs_pgd.cli import options
 @options.json_opt
 @click.option("--confusion-png", default=None, metavar="PNG", type=click.Path(dir_okay=False),
               help="Also draw the row-normalised confusion matrix into this PNG.")
-@click.option("--tile", type=click.IntRange(min=1), default=1024, show_default=True, help="Window side in pixels (memory bound only).")
+@click.option("--tile", type=int, default=1024, show_default=True, help="Window side in pixels (memory bound only).")
 def evaluate(prediction, labels, class_column, layer, mapping, all_touched, background, as_json, confusion_png, tile):
     """Score the class map PRED (from rs-pgd predict) against LABELS (vector or raster).
 
