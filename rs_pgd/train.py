@@ -170,6 +170,8 @@ class Trainer:
             loss = self._train_group(group, share, itertools.islice(batches, n_batches), bar)
             losses.append(loss)
             self.steps += 1
+            if c.max_steps is not None:  # the bar counts this epoch's windows; its label, the steps
+                bar.set_description(self._bar_label(epoch))
             if log:
                 log.write(json.dumps({"epoch": epoch + 1, "step": self.steps, "loss": loss,
                                       "windows": len(group["items"]), "lr": self.optimizer.param_groups[0]["lr"],
