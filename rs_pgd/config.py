@@ -166,7 +166,7 @@ class PredictPlan:
 
 
 def preflight_predict(model, scene, output, *, probabilities=None, preview=None, blend="none", tile=None,
-                      margin=None, stride=None, bands=None, batch_size=None, workers=None) -> PredictPlan:
+                      margin=None, stride=None, bands=None, batch_size=None, workers=None, cog=True) -> PredictPlan:
     """Check a prediction's options, every output path and its inputs before any heavy import.
 
     For a checkpoint this reads its header (:func:`rs_pgd.checkpoint.read_header`) and checks that the scene fits
@@ -175,19 +175,19 @@ def preflight_predict(model, scene, output, *, probabilities=None, preview=None,
     """
     from rs_pgd.checkpoint import read_header
     from rs_pgd.onnx_backend import is_onnx_path
-    from rs_pgd.output import check_outputs
+    from rs_pgd.output import GEOTIFF_SUFFIXES, check_format_suffix, check_outputs
     from rs_pgd.raster import require_north_up, scene_info
+    from rs_pgd.runtime import check_loader_options
     from rs_pgd.stitch import weight_kind
 
     weight_kind(blend)
-    if batch_size is not None and batch_size < 1:
-        raise TrainingError(f"--batch-size {batch_size} must be at least 1")
-    if workers is not None and workers < 0:
-        raise TrainingError(f"--workers {workers} must be 0 (read in the main process) or a positive number")
-    if preview is not None and Path(preview).suffix.lower() != ".png":
-        from rs_pgd.errors import OutputError
-
-        raise OutputError(f"--preview {preview} must be a .png file; give e.g. {Path(preview).with_suffix('.png').name}")
+    check_loader_options(batch_size, workers)  # a DataLoader would fail deep inside, after the model was loaded
+    geotiff = "a Cloud Optimized GeoTIFF" if cog else "a GeoTIFF"
+    check_format_suffix(output, GEOTIFF_SUFFIXES, geotiff, "-o")
+    if probabilities is not None:
+        check_format_suffix(probabilities, GEOTIFF_SUFFIXES, geotiff, "--probabilities")
+    if preview is not None:
+        check_format_suffix(preview, (".png",), "a PNG", "--preview")
     check_outputs({"output": output, "--probabilities": probabilities, "--preview": preview}, inputs=[model, scene])
     info = scene_info(scene)
     require_north_up(info)  # a rotated or GCP-only output would be misplaced by most GIS tools

@@ -29,6 +29,10 @@ class PresetError(RsPgdError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class OptionError(RsPgdError, ValueError):
+    """An option value out of its range (e.g. ``batch_size=0``, ``workers=-1``)."""
+
+
 class ModelError(RsPgdError, ValueError):
     """Unknown architecture or encoder, or weights that do not fit the model."""
 

@@ -126,7 +126,7 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     started = time.perf_counter()
     plan = preflight_predict(model, scene, output, probabilities=probabilities, preview=preview, blend=blend,
                              tile=tile, margin=margin, stride=stride, bands=bands, batch_size=batch_size,
-                             workers=workers)
+                             workers=workers, cog=cog)
     window = _area_window(plan.info, bbox, bbox_crs, aoi)
     if is_onnx_path(model):
         from rs_pgd.onnx_backend import onnx_backend

@@ -102,6 +102,24 @@ def check_outputs(outputs: dict, inputs: Iterable = (), overwrite: bool = True) 
     return checked
 
 
+GEOTIFF_SUFFIXES = (".tif", ".tiff")
+"""Names rs-pgd accepts for the GeoTIFFs it writes (class maps, probabilities)."""
+
+
+def check_format_suffix(path, suffixes: Sequence[str], writes: str, option: str = "-o") -> Path:
+    """Raise :class:`OutputError` unless ``path`` ends in one of ``suffixes`` (any case).
+
+    rs-pgd writes the format of the writer, not the one the name suggests: without this check ``-o pred.png``
+    would be a GeoTIFF named .png, which viewers refuse or misread. ``writes`` names the format in the message.
+    """
+    target = Path(path)
+    if target.suffix.lower() not in suffixes:
+        given = f"ends in {target.suffix}" if target.suffix else "has no file suffix"
+        raise OutputError(f"{option} {target.name} {given}, but rs-pgd writes {writes} there; "
+                          f"name it {target.stem}{suffixes[0]}")
+    return target
+
+
 def _can_create_in(folder: Path) -> bool:
     """Whether a file can really be created in ``folder`` (``os.access`` says yes to root everywhere, e.g. /proc)."""
     import tempfile

@@ -19,6 +19,7 @@ Precision ``auto`` picks bfloat16 autocast only where it is fast:
 from __future__ import annotations
 
 import json
+import operator
 import os
 import platform
 import sys
@@ -26,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rs_pgd.errors import DeviceError
+from rs_pgd.errors import DeviceError, OptionError
 
 PRECISIONS = ("auto", "32", "bf16", "16-mixed")
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -82,6 +83,24 @@ def default_workers(device=None) -> int:
     if device is not None and device.type == "cuda":
         return max(0, min(4, cores - 1))
     return 0 if cores <= 2 else min(4, max(1, cores // 8))
+
+
+def check_loader_options(batch_size: int | None = None, workers: int | None = None) -> None:
+    """Raise :class:`OptionError` for a batch size below 1 or a negative worker count (None means the default).
+
+    Torch-free, so :func:`rs_pgd.predict` refuses them before importing torch (a DataLoader would raise a
+    ValueError deep inside, after the model was loaded).
+    """
+    for name, value, low, rule in (("batch-size", batch_size, 1, "must be at least 1"),
+                                   ("workers", workers, 0, "must be 0 (read in the main process) or a positive number")):
+        if value is None:
+            continue
+        try:
+            number = operator.index(value)
+        except TypeError:
+            raise OptionError(f"--{name} {value!r} must be a whole number") from None
+        if number < low:
+            raise OptionError(f"--{name} {number} {rule}")
 
 
 # -- precision ----------------------------------------------------------------------------------------------

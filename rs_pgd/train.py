@@ -172,6 +172,8 @@ class Trainer:
             loss = self._train_group(group, share, itertools.islice(batches, n_batches), bar)
             losses.append(loss)
             self.steps += 1
+            if c.max_steps is not None:  # the bar counts this epoch's windows; its label, the steps
+                bar.set_description(self._bar_label(epoch))
             if log:
                 log.write(json.dumps({"epoch": epoch + 1, "step": self.steps, "loss": loss,
                                       "windows": len(group["items"]), "lr": self.optimizer.param_groups[0]["lr"],
@@ -470,7 +472,7 @@ class Trainer:
                               "start_loss_table": state["start_loss_table"].numpy().copy()}
             logger.info("resuming in epoch %d after step %d", self.start_epoch + 1, self.steps)
         else:
-            logger.info("resuming after epoch %d (%d steps)", self.start_epoch, self.steps)
+            logger.info("resuming after epoch %d (%d step%s)", self.start_epoch, self.steps, "" if self.steps == 1 else "s")
 
 
 # -- set-up helpers ---------------------------------------------------------------------------------------

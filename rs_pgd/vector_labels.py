@@ -136,21 +136,26 @@ class VectorLabels(LabelSource):
 # --- vector ------------------------------------------------------------------------------------------------------
 
 
+def parquet_read_error(path: Path, exc: Exception) -> LabelError:
+    """The one-line error for a GeoParquet file that geopandas could not read.
+
+    geopandas raises ImportError when pyarrow (its Parquet reader, an optional dependency) is missing: that is
+    the environment's fault, not the file's, so the message says what to install.
+    """
+    if isinstance(exc, ImportError):
+        return LabelError(f"reading GeoParquet labels ({Path(path).name}) needs pyarrow, which is not installed; "
+                          "install it with pip install pyarrow")
+    return LabelError(f"cannot read labels {path}: {first_line(exc)}; check it is a GeoParquet file")
+
+
 def _read_vector(path: Path, layer: str | None):
     import geopandas as gpd
 
     if path.suffix.lower() in PARQUET_SUFFIXES:
         try:
             return gpd.read_parquet(path), None
-        except ImportError:
-            raise LabelError(
-                f"reading GeoParquet labels ({path.name}) needs pyarrow, which is not installed; install it "
-                "with pip install pyarrow"
-            ) from None
         except Exception as exc:
-            raise LabelError(
-                f"cannot read labels {path}: {first_line(exc)}; check it is a GeoParquet file"
-            ) from exc
+            raise parquet_read_error(path, exc) from exc
     import pyogrio
 
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from rs_pgd.classes import class_name, open_class_map, read_class_names
-from rs_pgd.errors import OutputError
+from rs_pgd.errors import GridError, OutputError
 from rs_pgd.progress import track
 
 DRIVERS = {
@@ -168,6 +168,8 @@ def vectorize(prediction, output, *, min_area: float = 0.0, simplify: float = 0.
 
     if min_area < 0 or simplify < 0:
         raise OutputError(f"min_area {min_area} and simplify {simplify} must be zero or positive")
+    if int(tile) < 1:
+        raise GridError(f"tile {tile} must be at least 1 pixel; it only bounds memory, e.g. --tile 2048")
     driver = output_driver(output)
     check_output_path(output, inputs=[prediction])
     with open_class_map(prediction) as dataset:

@@ -296,9 +296,9 @@ def test_deepness_own_model_code_reads_the_file_and_matches_rs_pgd(exported, dee
 
 
 def test_resolution_is_in_cm_for_metres_feet_and_degrees():
-    from rs_pgd.onnx_export import DEGREE_METRES, resolution_cm
-
     from types import SimpleNamespace
+
+    from rs_pgd.onnx_export import DEGREE_METRES, resolution_cm
 
     def meta(crs, res):
         return SimpleNamespace(training_scenes=[{"crs": crs, "res": [res, res]}])

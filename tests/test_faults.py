@@ -171,16 +171,74 @@ def _small_file_limit():
     resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
 
 
+def _predict_into(reference, target, cwd, preexec_fn=None):
+    return subprocess.run([sys.executable, "-m", "rs_pgd.cli.main", "predict", str(reference), str(DEMO), "-o",
+                           str(target), "--quiet", "--workers", "0"], env=ENV, cwd=cwd, capture_output=True,
+                          text=True, preexec_fn=preexec_fn, timeout=180)
+
+
+def _one_error_line(done, *fragments):
+    """Exit 2 and exactly one stderr line, ours: libtiff's own '_tiffWriteProc: ...' lines must not come first."""
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
+    assert all(fragment in lines[0] for fragment in fragments), lines[0]
+
+
 @pytest.mark.slow
 def test_disk_full_while_writing_prediction(reference, tmp_path):
     target = tmp_path / "out.tif"
-    done = subprocess.run([sys.executable, "-m", "rs_pgd.cli.main", "predict", str(reference), str(DEMO), "-o",
-                           str(target), "--quiet", "--workers", "0"], env=ENV, cwd=tmp_path, capture_output=True,
-                          text=True, preexec_fn=_small_file_limit, timeout=180)
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "free disk space" in errors[0], done.stderr
-    # libtiff may print its own "_tiffWriteProc: File too large." first (outside GDAL's handler): see docs
-    assert all(line.startswith(("Error:", "_tiff")) for line in done.stderr.splitlines() if line.strip()), done.stderr
+    done = _predict_into(reference, target, tmp_path, preexec_fn=_small_file_limit)  # EFBIG, like ENOSPC
+    _one_error_line(done, "could not write", "free disk space")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def full_filesystem(tmp_path):
+    """An 8 KiB tmpfs: a real ENOSPC (needs mount rights, e.g. root in a container; skipped otherwise)."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+@pytest.mark.slow
+def test_full_filesystem_while_writing_prediction(reference, full_filesystem, tmp_path):
+    done = _predict_into(reference, full_filesystem / "out.tif", tmp_path)
+    _one_error_line(done, "No space left on device", "free space")
+    assert list(full_filesystem.iterdir()) == []
+
+
+def test_libtiff_lines_go_to_the_debug_log(capfd):
+    """libtiff's global handler (which GDAL's write hooks use) prints to fd 2; while a command runs, it logs."""
+    import logging
+
+    from rs_pgd.cli.errors import loaded_libtiffs, route_libtiff_messages
+
+    libraries = loaded_libtiffs()
+    assert libraries, "rasterio's GDAL links a libtiff"
+    records = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    logger = logging.getLogger("rs_pgd.libtiff")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.DEBUG
+    restore = route_libtiff_messages()
+    try:
+        libraries[0].TIFFError(b"_tiffWriteProc", b"%s (%d)", b"No space left on device", 28)
+        libraries[0].TIFFWarning(b"TIFFReadDirectory", b"%s", b"unknown tag")
+    finally:
+        restore()
+        logger.removeHandler(handler)
+        logger.level = level
+    assert capfd.readouterr().err == ""
+    assert [r.getMessage() for r in records] == ["libtiff error: _tiffWriteProc: No space left on device (28)",
+                                                 "libtiff warning: TIFFReadDirectory: unknown tag"]
+    libraries[0].TIFFError(b"_tiffWriteProc", b"%s", b"restored")  # teeth: the default handler prints it again
+    assert capfd.readouterr().err == "_tiffWriteProc: restored.\n"

@@ -243,3 +243,21 @@ def test_georeference_copied_from_input_dataset(tmp_path, demo_scene):
             assert out.crs == src.crs and out.transform == src.transform
             assert (out.width, out.height) == (src.width, src.height)
             assert out.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+
+
+@pytest.mark.parametrize("name", ["pred.tif", "pred.TIF", "pred.tiff", "a.b.Tiff"])
+def test_geotiff_names_are_accepted(name):
+    from pathlib import Path
+
+    from rs_pgd.output import GEOTIFF_SUFFIXES, check_format_suffix
+
+    assert check_format_suffix(name, GEOTIFF_SUFFIXES, "a GeoTIFF") == Path(name)
+
+
+@pytest.mark.parametrize(("name", "hint"), [("pred.png", "pred.tif"), ("pred", "pred.tif"), ("pred.jpg", "pred.tif")])
+def test_other_names_are_refused_with_the_geotiff_name(name, hint):
+    """issue 14 #13: -o pred.png wrote a GeoTIFF named .png."""
+    from rs_pgd.output import GEOTIFF_SUFFIXES, check_format_suffix
+
+    with pytest.raises(OutputError, match=rf"-o {name} .*writes a GeoTIFF there; name it {hint}$"):
+        check_format_suffix(name, GEOTIFF_SUFFIXES, "a GeoTIFF")

@@ -1,6 +1,7 @@
 """``--precision auto``: bf16 only where the hardware runs it natively; the choice and its reason are recorded."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -94,3 +95,24 @@ def test_info_json_reports_the_precision_auto_would_use(monkeypatch, demo_scene)
     runtime = json.loads(done.output)["runtime"]
     assert runtime["cpu_precision"] == {"precision": "32", "reason": runtime["cpu_precision"]["reason"]}
     assert "RS_PGD_CPU_BF16=0" in runtime["cpu_precision"]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"batch_size": 0}, r"--batch-size 0 must be at least 1"),
+     ({"workers": -1}, r"--workers -1 must be 0 \(read in the main process\) or a positive number"),
+     ({"batch_size": 2.5}, r"--batch-size 2.5 must be a whole number")],
+    ids=["batch-size-0", "workers-negative", "batch-size-fraction"],
+)
+def test_predict_refuses_bad_loader_options_before_importing_torch(tmp_path, options, message):
+    """issue 14 #8: rs_pgd.predict (the API, not only click) refuses them before torch and before any file."""
+    code = ("import sys, rs_pgd\n"
+            "from rs_pgd.errors import OptionError\n"
+            f"try: rs_pgd.predict('model.safetensors', 'scene.tif', 'out.tif', **{options!r})\n"
+            "except OptionError as exc: print(exc)\n"
+            "print('torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    error, torch_imported = done.stdout.splitlines()
+    assert re.fullmatch(message, error) and torch_imported == "False"
+    assert list(tmp_path.iterdir()) == []

@@ -252,3 +252,16 @@ def test_labels_with_one_class_are_refused_with_a_pointer_to_background(tmp_path
                      crs="EPSG:32618").to_file(only)
     with pytest.raises(LabelError, match="one class only.*--background"):
         fit(small_scene, only, tmp_path / "m.safetensors", class_column="class", **FAST)
+
+
+def test_progress_under_max_steps_shows_the_steps(tmp_path, small_scene, demo_labels, monkeypatch, capsys):
+    """issue 14 #13: the bar said `epoch 1/40` under --max-steps 2; it shows the steps, and one speed unit."""
+    monkeypatch.setenv("RS_PGD_PROGRESS", "json")
+    opts = FAST | {"progress": True, "val_fraction": 0, "step_every": 4, "epochs": 40}
+    fit(small_scene, demo_labels, tmp_path / "m.safetensors", max_steps=2, **opts)
+    records = [json.loads(line)["progress"] for line in capsys.readouterr().err.splitlines()
+               if line.startswith('{"progress"')]
+    descs = [r["desc"] for r in records]
+    assert descs[0] == "epoch 1, steps 0/2" and "epoch 1, steps 2/2" in descs
+    assert not [d for d in descs if "/40" in d]
+    assert {key for r in records for key in r.get("postfix", {})} == {"loss"}  # no win_s beside tqdm's s/win

@@ -17,7 +17,7 @@ from rs_pgd.cli import options
 @options.json_opt
 @click.option("--confusion-png", default=None, metavar="PNG", type=click.Path(dir_okay=False),
               help="Also draw the row-normalised confusion matrix into this PNG.")
-@click.option("--tile", type=click.IntRange(min=1), default=1024, show_default=True, help="Window side in pixels (memory bound only).")
+@click.option("--tile", type=int, default=1024, show_default=True, help="Window side in pixels (memory bound only).")
 def evaluate(prediction, labels, class_column, layer, mapping, all_touched, background, as_json, confusion_png, tile):
     """Score the class map PRED (from rs-pgd predict) against LABELS (vector or raster).
 
@@ -28,6 +28,11 @@ def evaluate(prediction, labels, class_column, layer, mapping, all_touched, back
     from rs_pgd.evaluation import evaluate as run_evaluate
     from rs_pgd.evaluation import format_table, to_json
 
+    if confusion_png:  # before the scoring, which may take long: a bad name must not waste it
+        from rs_pgd.output import check_format_suffix, check_output_path
+
+        check_format_suffix(confusion_png, (".png",), "a PNG", "--confusion-png")
+        check_output_path(confusion_png, inputs=[prediction, labels])
     result = run_evaluate(prediction, labels, class_column=class_column, layer=layer, mapping=mapping,
                           all_touched=all_touched, background=background, tile=tile)
     if confusion_png:

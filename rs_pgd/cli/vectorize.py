@@ -12,7 +12,7 @@ from rs_pgd.cli import options
               help="Drop polygons smaller than this, in map units squared (e.g. m²).")
 @click.option("--simplify", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Simplification tolerance in map units (0: keep pixel edges).")
-@click.option("--tile", type=click.IntRange(min=1), default=2048, show_default=True,
+@click.option("--tile", type=int, default=2048, show_default=True,
               help="Window side in pixels (memory bound only; the polygons do not depend on it).")
 @click.option("--layer", default=None, metavar="NAME", help="Layer name in the output GeoPackage (default: file name).")
 @options.json_opt
