@@ -15,7 +15,7 @@ FILL_NOTE_FRACTION_MAX = 0.05
 
 
 def describe(scene, labels=None, *, class_column=None, layer=None, bands=None, preset=None, nodata=None,
-             tile: int = 1024) -> dict:
+             tile: int = 1024, model=None) -> dict:
     """Describe ``scene`` (and ``labels``): facts, nodata share, classes with pixel counts, suggested geometry.
 
     Everything is computed window by window; no scene-sized array is held.
@@ -24,6 +24,8 @@ def describe(scene, labels=None, *, class_column=None, layer=None, bands=None, p
     ----------
     nodata : float, optional
         Fill value the file does not tag (as ``fit --nodata``): counted as nodata.
+    model : path, optional
+        A checkpoint (or exported ONNX file's checkpoint): run predict's scene check against it, without torch.
 
     Returns
     -------
@@ -31,7 +33,8 @@ def describe(scene, labels=None, *, class_column=None, layer=None, bands=None, p
         JSON-ready: ``scene`` (facts), ``nodata_fraction``, ``fill_candidates`` (values such as 0 or the dtype's
         maximum found in every band of valid pixels, with their share), ``preset``, ``bands``, ``suggested``
         (tile, margin, stride, window), ``labels`` (path, classes with pixel counts, overlap, notes) when labels
-        are given, and ``notes`` (plain-English problems and what rs-pgd will do about them).
+        are given, ``model`` (``fits``, the bands predict would read, or why it would refuse, and warnings) when a
+        model is given, and ``notes`` (plain-English problems and what rs-pgd will do about them).
     """
     from rs_pgd.raster import SceneReader, scene_info
     from rs_pgd.runtime import runtime_report
@@ -59,8 +62,25 @@ def describe(scene, labels=None, *, class_column=None, layer=None, bands=None, p
                                "use a label raster on the same pixel grid")
     if labels is not None:
         report["labels"] = _describe_labels(labels, info, class_column, layer, tile)
+    if model is not None:
+        report["model"] = _describe_fit(model, info, bands)
     reader.close()
     return report
+
+
+def _describe_fit(model, info, bands) -> dict:
+    """Whether ``predict MODEL SCENE`` would accept the scene: the one scene check of :mod:`rs_pgd.checkpoint`."""
+    from rs_pgd.checkpoint import read_header
+    from rs_pgd.config import plan_scene
+    from rs_pgd.errors import CheckpointError
+
+    meta = read_header(model)  # not a checkpoint: the caller's one-line error
+    try:
+        plan = plan_scene(meta, info, model, bands)
+    except CheckpointError as exc:
+        return {"path": str(model), "fits": False, "reason": str(exc), "bands": None, "warnings": []}
+    return {"path": str(model), "fits": True, "reason": None, "bands": list(plan.bands),
+            "warnings": list(plan.warnings)}
 
 
 def _scan_validity(reader, tile: int) -> tuple[float, dict]:
@@ -190,6 +210,12 @@ def format_report(report: dict) -> str:
             lines.append(f"  {c['value']:>3}  {str(c['name']):<{width}}  {c['pixels']:>12,d} px  {100 * c['fraction']:6.2f} %")
         for note in labels["notes"]:
             lines.append(f"note         {note}")
+    fit = report.get("model")
+    if fit:
+        verdict = f"predict reads bands {fit['bands']}" if fit["fits"] else f"predict would refuse: {fit['reason']}"
+        lines.append(f"model        {fit['path']}: {verdict}")
+        for warning in fit["warnings"]:
+            lines.append(f"warning      {warning}")
     for note in report["notes"]:
         lines.append(f"note         {note}")
     return "\n".join(lines)

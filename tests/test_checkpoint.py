@@ -198,3 +198,21 @@ def test_value_warnings_catch_another_scaling():
     dn = BandStats(np.array([1100.0, 1900.0, 3000.0]), np.array([500.0, 600.0, 400.0]), np.ones(3))
     (line,) = checkpoint.value_warnings(meta, dn, "s.tif")
     assert "band 1" in line and "3 band(s) differ" in line and "--preset" in line
+
+
+def test_info_model_runs_the_same_scene_check_without_torch(tmp_path):
+    """``rs-pgd info SCENE --model M`` says what predict would do: the bands it reads, or why it refuses."""
+    import subprocess
+    import sys
+
+    spec = ModelSpec("Unet", "resnet18", 3, 3, "frozen")
+    model = checkpoint.save(tmp_path / "m.safetensors", spec.build()[0], meta_for(spec))
+    three, thirteen = bad.good_scene(tmp_path), bad.band_scene(tmp_path, 13)
+    code = ("import json, sys\nfrom rs_pgd.info import describe\n"
+            f"r = [describe(s, model={str(model)!r})['model'] for s in ({str(three)!r}, {str(thirteen)!r})]\n"
+            "print(json.dumps(r + ['torch' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    fits, refused, torch_loaded = json.loads(out.stdout)
+    assert fits["fits"] and fits["bands"] == [1, 2, 3] and fits["warnings"] == []
+    assert not refused["fits"] and "--bands" in refused["reason"]
+    assert torch_loaded is False
