@@ -2,6 +2,11 @@
 
 Determinism: CPU, ``--workers 0``, OMP_NUM_THREADS=1 and ``--val-fraction 0`` (the checkpoint is then the last
 epoch), so a killed-and-resumed run must end with the very same bits as an uninterrupted one.
+
+Kills that must land inside a short window happen at fixed points (``killpoints``), never after a poll that a fast
+machine can lose: fit is held still with epoch 2's checkpoint written but not renamed, predict after its first
+row band, and both are then SIGKILLed; vectorize is killed by the kernel (SIGXFSZ) as its GeoPackage passes a set
+size. None of these tests skips.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import killpoints
 import pytest
 from test_cli_catalogue import ENV, bad, run_cli
 
@@ -67,19 +73,30 @@ def _contains(path, text):
 
 MOMENTS = {
     "first-epoch": lambda d, out, err: _contains(err, "epoch 1/3"),
-    "checkpoint-write": lambda d, out, err: (lambda: any(p.name.startswith(".m.") for p in d.iterdir())),
+    "checkpoint-write": None,  # a pause, not a poll: CHECKPOINT_WRITE
     "late": lambda d, out, err: _contains(err, "epoch 2:"),  # the log line after epoch 2
 }
+# epoch 2's checkpoint complete in its hidden temporary file, not yet renamed onto m.safetensors (epoch 1's): the
+# child pauses there, on any machine. rs_pgd.models._atomic_write calls _current_umask() between the two steps.
+CHECKPOINT_WRITE = killpoints.pause_after("rs_pgd.models", "_current_umask", calls=2) + killpoints.CLI
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("moment", list(MOMENTS))
 def test_sigkill_fit_then_resume_is_bit_identical(moment, scene, reference, tmp_path):
-    proc, out, err = start(["fit", *scene, "-o", tmp_path / "m.safetensors", *FIT], tmp_path)
-    reached = wait_for(proc, MOMENTS[moment](tmp_path, out, err))
-    proc.kill()
-    proc.wait()
-    assert reached, f"the run ended before the {moment} moment: {err.read_text()[-500:]}"
+    args = ["fit", *scene, "-o", tmp_path / "m.safetensors", *FIT]
+    if MOMENTS[moment] is None:
+        with killpoints.paused(CHECKPOINT_WRITE, args, tmp_path, ENV) as proc:
+            temps = list(tmp_path.glob(".m.safetensors.*.tmp"))
+            assert temps and all(t.stat().st_size > 0 for t in temps), sorted(p.name for p in tmp_path.iterdir())
+            assert tensors(tmp_path / "m.safetensors")  # epoch 1's checkpoint, intact beside epoch 2's temp
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        proc, out, err = start(args, tmp_path)
+        reached = wait_for(proc, MOMENTS[moment](tmp_path, out, err))
+        proc.kill()
+        proc.wait()
+        assert reached, f"the run ended before the {moment} moment: {err.read_text()[-500:]}"
     for leftover in tmp_path.glob(".m.*"):
         leftover.unlink()  # a killed process cannot clean up its temp files; they never sit at the target
     done = run_cli(["fit", *scene, "-o", tmp_path / "m.safetensors", "--quiet", "--resume", *FIT], tmp_path)
@@ -111,16 +128,12 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(scene, tmp_p
     assert all(bool(t.float().isfinite().all()) for t in kept.values())
 
 
-@pytest.fixture(scope="module")
-def demo_prediction(reference, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pred")
-    done = run_cli(["predict", reference, DEMO, "-o", folder / "pred.tif", "--quiet", "--workers", "0"], folder)
-    assert done.returncode == 0, done.stderr
-    return folder / "pred.tif"
-
-
 def _hidden_temp(folder):
     return lambda: any(p.name.startswith(".out.") for p in folder.iterdir())
+
+
+# the child runs the CLI and stops for good once predict has written its first row band to the (hidden) output
+PAUSED_PREDICT = killpoints.pause_after("rs_pgd.infer", "_write_band") + killpoints.CLI
 
 
 @pytest.mark.slow
@@ -130,11 +143,9 @@ def test_sigkill_predict_leaves_nothing_or_the_old_file(previous, reference, tmp
     if previous:
         target.write_bytes(b"previous result")
     args = ["predict", reference, DEMO, "-o", target, "--quiet", "--workers", "0", "--no-cog"]
-    proc, _, err = start(args, tmp_path)
-    reached = wait_for(proc, _hidden_temp(tmp_path))
-    proc.kill()
-    proc.wait()
-    assert reached, err.read_text()[-500:]
+    with killpoints.paused(PAUSED_PREDICT, args, tmp_path, ENV) as proc:  # mid-run, however fast the machine
+        assert _hidden_temp(tmp_path)(), sorted(p.name for p in tmp_path.iterdir())
+    assert proc.returncode == -signal.SIGKILL
     if previous:
         assert target.read_bytes() == b"previous result"
     else:
@@ -147,23 +158,46 @@ def test_sigkill_predict_leaves_nothing_or_the_old_file(previous, reference, tmp
         assert ds.read(1).shape == (718, 791)
 
 
-@pytest.mark.slow
-def test_sigkill_vectorize_leaves_nothing(demo_prediction, tmp_path):
+# vectorize writes its GeoPackage in one GDAL call: the kernel kills it (SIGXFSZ) as that file passes KILL_AT bytes
+KILL_AT = 256 * 1024  # past the empty GeoPackage tables (96 KiB), well before the end of the polygons (532 KiB)
+
+
+@pytest.fixture(scope="module")
+def class_map(tmp_path_factory):
+    """A two-class map of random 8 x 8 px blocks: 1 333 polygons, a GeoPackage of 532 KiB."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    blocks = (np.random.default_rng(0).random((90, 99)) < 0.5).astype(np.uint8)
+    classes = np.kron(blocks, np.ones((8, 8), np.uint8))[:718, :791]
+    path = tmp_path_factory.mktemp("class_map") / "classes.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=791, height=718, count=1, dtype="uint8", nodata=255,
+                       crs="EPSG:32618", transform=from_origin(500000, 4000000, 10, 10)) as dst:
+        dst.write(classes, 1)
+    return path
+
+
+@pytest.mark.parametrize("previous", [False, True], ids=["no-previous", "previous-kept"])
+def test_vectorize_killed_mid_write_leaves_nothing_or_the_old_file(previous, class_map, tmp_path):
     target = tmp_path / "out.gpkg"
-    args = ["vectorize", demo_prediction, "-o", target, "--tile", "64"]
-    for _ in range(5):  # vectorize is quick: try to catch it while its temp file exists
-        proc, _, _ = start(args, tmp_path)
-        reached = wait_for(proc, _hidden_temp(tmp_path))
-        proc.kill()
-        proc.wait()
-        if reached:
-            break
-    if not reached:
-        pytest.skip("vectorize finished before its temp file could be seen; nothing to kill")
-    assert not target.exists()
+    if previous:
+        target.write_bytes(b"previous result")
+    args = ["vectorize", class_map, "-o", target, "--tile", "64"]
+    killed = killpoints.run_killed_at_size(args, tmp_path, ENV, KILL_AT)
+    assert killed.returncode == -signal.SIGXFSZ, killed.stderr[-1000:]
+    temps = {p.name: p.stat().st_size for p in tmp_path.iterdir() if p.name.startswith(".out.gpkg.")}
+    assert max(temps.values(), default=0) == KILL_AT, temps  # it died writing its hidden temporary file
+    if previous:
+        assert target.read_bytes() == b"previous result"
+    else:
+        assert not target.exists()
     done = run_cli(args, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert target.is_file()
+    assert target.stat().st_size > 2 * KILL_AT  # so the kill came in the middle of the polygons
+    import pyogrio
+
+    assert f"Wrote {pyogrio.read_info(target)['features']} polygons" in done.stdout  # a complete, readable file
 
 
 def _small_file_limit():

@@ -19,11 +19,9 @@ from __future__ import annotations
 import math
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
+import killpoints
 import numpy as np
 import pytest
 import rasterio
@@ -393,23 +391,16 @@ def test_killed_predict_leaves_no_output_and_keeps_an_existing_file(trained, tmp
     checkpoint, _ = trained
     new_output, existing = tmp_path / "new.tif", tmp_path / "existing.tif"
     existing.write_bytes(b"an older prediction")
-    code = ("import sys; from rs_pgd.infer import predict; "
-            "predict(sys.argv[1], sys.argv[2], sys.argv[3], probabilities=sys.argv[4], margin=128, precision='32', "
-            "workers=0, progress=False)")  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-c", code, str(checkpoint), str(DEMO_SCENE), str(new_output),
-                             str(existing)], cwd=tmp_path)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while not list(tmp_path.glob(".new.tif.*.stream.tif")) and time.monotonic() < deadline:
-            assert proc.poll() is None, "predict ended before it started writing"
-            time.sleep(0.05)
-        time.sleep(0.5)  # inside the run: with a 128 px margin predict takes about 5 s here
-        assert proc.poll() is None, "predict finished before it could be killed; use a larger scene"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # the child stops for good after its first row band went to both writers: SIGKILL then lands mid-run on any
+    # machine (no sleep, no race with the end of the run); see killpoints.py
+    code = killpoints.pause_after("rs_pgd.infer", "_write_band") + (
+        "from rs_pgd.infer import predict\n"
+        "predict(sys.argv[1], sys.argv[2], sys.argv[3], probabilities=sys.argv[4], margin=128, precision='32', "
+        "workers=0, progress=False)\n"
+    )
+    args = [checkpoint, DEMO_SCENE, new_output, existing]
+    with killpoints.paused(code, args, tmp_path, dict(os.environ)) as proc:  # SIGKILLed on leaving the block
+        assert list(tmp_path.glob(".new.tif.*.stream.tif")), sorted(p.name for p in tmp_path.iterdir())
     assert proc.returncode == -signal.SIGKILL
     assert not new_output.exists()
     assert existing.read_bytes() == b"an older prediction"
