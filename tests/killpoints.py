@@ -38,18 +38,35 @@ def pause_after(module: str, function: str, calls: int = 1) -> str:
     Module-level lookups of the name (``function(...)`` inside ``module``) reach the wrapper; the real function
     still runs in full before the pause, so what it wrote is on disk when the test looks.
     """
+    return _pausing(module, function, calls, before=False, when="True")
+
+
+def pause_before(module: str, function: str, calls: int = 1, when: str = "True") -> str:
+    """Source that makes ``module.function`` (a dotted name such as ``"AtomicOutput.commit"`` for a method) pause
+    the process before its ``calls``-th call for which the expression ``when`` (over ``args``/``kwargs``) holds."""
+    return _pausing(module, function, calls, before=True, when=when)
+
+
+def _pausing(module: str, function: str, calls: int, before: bool, when: str) -> str:
+    owner, _, name = function.rpartition(".")
     return (
         "import importlib, sys\n"
-        f"_module = importlib.import_module({module!r})\n"
-        f"_real, _calls = getattr(_module, {function!r}), [0]\n"
+        f"_owner = importlib.import_module({module!r})\n"
+        + (f"_owner = getattr(_owner, {owner!r})\n" if owner else "")
+        + f"_real, _calls = getattr(_owner, {name!r}), [0]\n"
+        "def _pause():\n"
+        f"    sys.stdout.buffer.write({PAUSED!r}); sys.stdout.flush()\n"
+        "    sys.stdin.read()  # blocks: the parent keeps stdin open and kills this process\n"
         "def _pausing(*args, **kwargs):\n"
+        f"    counted = bool({when})\n"
+        "    _calls[0] += counted\n"
+        f"    if {before!r} and counted and _calls[0] == {int(calls)}:\n"
+        "        _pause()\n"
         "    result = _real(*args, **kwargs)\n"
-        "    _calls[0] += 1\n"
-        f"    if _calls[0] == {int(calls)}:\n"
-        f"        sys.stdout.buffer.write({PAUSED!r}); sys.stdout.flush()\n"
-        "        sys.stdin.read()  # blocks: the parent keeps stdin open and kills this process\n"
+        f"    if not {before!r} and counted and _calls[0] == {int(calls)}:\n"
+        "        _pause()\n"
         "    return result\n"
-        f"setattr(_module, {function!r}, _pausing)\n"
+        f"setattr(_owner, {name!r}, _pausing)\n"
     )
 
 

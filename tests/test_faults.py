@@ -77,8 +77,9 @@ MOMENTS = {
     "late": lambda d, out, err: _contains(err, "epoch 2:"),  # the log line after epoch 2
 }
 # epoch 2's checkpoint complete in its hidden temporary file, not yet renamed onto m.safetensors (epoch 1's): the
-# child pauses there, on any machine. rs_pgd.models._atomic_write calls _current_umask() between the two steps.
-CHECKPOINT_WRITE = killpoints.pause_after("rs_pgd.models", "_current_umask", calls=2) + killpoints.CLI
+# child pauses there, on any machine, just before the one atomic writer commits the second checkpoint.
+CHECKPOINT_WRITE = killpoints.pause_before("rs_pgd.output", "AtomicOutput.commit", calls=2,
+                                           when="args[0].path.name == 'm.safetensors'") + killpoints.CLI
 
 
 @pytest.mark.slow
@@ -87,7 +88,7 @@ def test_sigkill_fit_then_resume_is_bit_identical(moment, scene, reference, tmp_
     args = ["fit", *scene, "-o", tmp_path / "m.safetensors", *FIT]
     if MOMENTS[moment] is None:
         with killpoints.paused(CHECKPOINT_WRITE, args, tmp_path, ENV) as proc:
-            temps = list(tmp_path.glob(".m.safetensors.*.tmp"))
+            temps = list(tmp_path.glob(".m.safetensors.*.tmp*"))
             assert temps and all(t.stat().st_size > 0 for t in temps), sorted(p.name for p in tmp_path.iterdir())
             assert tensors(tmp_path / "m.safetensors")  # epoch 1's checkpoint, intact beside epoch 2's temp
         assert proc.returncode == -signal.SIGKILL
