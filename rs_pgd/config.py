@@ -1,7 +1,8 @@
 """Training options and the checks that need no torch (so the CLI can refuse bad input in a fraction of a second).
 
 ``preflight_fit`` runs every check that reads no pixels and imports no torch: option values and window geometry,
-the output path, the scenes (readable, north-up) and the label files' existence. ``rs_pgd.fit`` (the API, which
+the output path, the scenes (readable, north-up), the training area (``--bbox``/``--aoi`` on every training
+scene) and the label files' existence. ``rs_pgd.fit`` (the API, which
 the CLI calls) runs it once, before importing torch; the training code does not repeat it.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from rs_pgd import defaults
 from rs_pgd.defaults import NORMS, OPTIMIZERS, PRECISIONS, WEIGHTINGS
-from rs_pgd.errors import DeviceError, GridError, LabelError, TrainingError
+from rs_pgd.errors import DeviceError, GridError, LabelError, SceneError, TrainingError
 from rs_pgd.grid import validate_geometry
 
 STEP_EVERY_SCENE = defaults.STEP_EVERY
@@ -60,6 +61,9 @@ class FitConfig:
     val_scene: str | None = None
     val_labels: str | None = None
     stats_windows: int = defaults.STATS_WINDOWS
+    bbox: list | None = None
+    bbox_crs: str = defaults.BBOX_CRS
+    aoi: str | None = None
     log_json: str | None = None
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -106,6 +110,28 @@ def _validate_config(c: FitConfig) -> None:
     if c.lr <= 0:
         raise TrainingError("--lr must be positive")
     validate_geometry(c.tile, c.margin, c.stride)
+    if c.bbox is not None:
+        c.bbox = _check_bbox(c.bbox)
+        if c.aoi is not None:
+            raise SceneError("give --bbox or --aoi, not both")
+    if c.aoi is not None:
+        c.aoi = os.fspath(c.aoi)
+
+
+def _check_bbox(bbox) -> list[float]:
+    """``[W, S, E, N]`` as floats, or a one-line SceneError."""
+    import math
+
+    try:
+        values = [float(v) for v in bbox]
+    except (TypeError, ValueError):
+        raise SceneError(f"--bbox {bbox!r} is not four numbers W S E N") from None
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise SceneError(f"--bbox {bbox!r} is not four numbers W S E N")
+    w, s, e, n = values
+    if not (w < e and s < n):
+        raise SceneError(f"--bbox {w:g} {s:g} {e:g} {n:g} needs W < E and S < N")
+    return values
 
 
 def sibling(output: Path, suffix: str) -> Path:
@@ -121,9 +147,10 @@ def preflight_fit(scenes, labels, output, options: dict) -> FitConfig:
     Raises the same :class:`~rs_pgd.errors.RsPgdError` subclasses as :func:`rs_pgd.fit` would, sooner.
     """
     from rs_pgd.output import check_output_path
-    from rs_pgd.raster import require_north_up, scene_info
+    from rs_pgd.raster import area_of_interest, require_north_up, scene_info, window_for_bbox
 
     config = make_config(options)
+    n_train = len(scenes)
     if len(scenes) != len(labels):
         raise LabelError(f"{len(scenes)} scenes but {len(labels)} label files; give one label file per scene")
     if (config.val_scene is None) != (config.val_labels is None):
@@ -133,9 +160,12 @@ def preflight_fit(scenes, labels, output, options: dict) -> FitConfig:
     check_output_path(output, inputs=[*scenes, *labels])
     if config.device == "cuda" and not cuda_visible():
         raise DeviceError("--device cuda was asked for but CUDA is not available here; use --device cpu or auto")
-    for scene, label in zip(scenes, labels):
+    area = area_of_interest(config.bbox, config.bbox_crs, config.aoi)
+    for index, (scene, label) in enumerate(zip(scenes, labels)):
         info = scene_info(scene)
         require_north_up(info, vector_labels=not _is_raster_path(label))
+        if area is not None and index < n_train:  # the area is on the training scenes; --val is whole
+            window_for_bbox(info, *area)
         if not Path(label).exists():
             raise LabelError(f"label file {str(label)!r} not found; check the path")
     if config.encoder_weights is not None and not Path(config.encoder_weights).is_file():
@@ -199,10 +229,12 @@ def read_checkpoint_header(path) -> dict:
     return meta
 
 
-def preflight_predict(model, scene, output, probabilities=None, blend="none", tile=None, margin=None, stride=None):
-    """Check a prediction's inputs and outputs before any heavy import: checkpoint header, scene, paths, geometry."""
+def preflight_predict(model, scene, output, probabilities=None, blend="none", tile=None, margin=None, stride=None,
+                      *, bbox=None, bbox_crs=defaults.BBOX_CRS, aoi=None):
+    """Check a prediction's inputs and outputs before any heavy import: checkpoint header, scene, paths, geometry
+    and the area (``bbox``/``aoi``)."""
     from rs_pgd.output import check_output_path
-    from rs_pgd.raster import require_north_up, scene_info
+    from rs_pgd.raster import area_of_interest, require_north_up, scene_info, window_for_bbox
     from rs_pgd.stitch import weight_kind
 
     weight_kind(blend)
@@ -219,6 +251,9 @@ def preflight_predict(model, scene, output, probabilities=None, blend="none", ti
     info = scene_info(scene)
     require_north_up(info)
     check_scene_bands(meta, info.count, model, scene)
+    area = area_of_interest(_check_bbox(bbox) if bbox is not None else None, bbox_crs, aoi)
+    if area is not None:
+        window_for_bbox(info, *area)
     return meta
 
 

@@ -217,11 +217,9 @@ def _torch_backend(model, device, precision, batch_size, workers) -> Backend:
 
 def _area(bbox, bbox_crs, aoi):
     """(bbox, crs) of the area to predict, or None for the whole scene."""
-    from rs_pgd.raster import aoi_bbox
+    from rs_pgd.raster import area_of_interest
 
-    if aoi is not None:
-        return aoi_bbox(aoi)
-    return (bbox, bbox_crs) if bbox is not None else None
+    return area_of_interest(bbox, bbox_crs, aoi)
 
 
 def _open_scene_for(meta: dict, scene, model, nodata=None, area=None):

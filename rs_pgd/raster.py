@@ -711,7 +711,7 @@ def window_for_bbox(info: SceneInfo, bbox, bbox_crs="EPSG:4326") -> Window:
         raise SceneError(f"--bbox {bbox!r} is not four numbers W S E N") from None
     if not (w < e and s < n):
         raise SceneError(f"--bbox {w:g} {s:g} {e:g} {n:g} needs W < E and S < N")
-    bbox_crs = CRS.from_user_input(bbox_crs) if bbox_crs is not None else info.crs
+    bbox_crs = parse_crs(bbox_crs) if bbox_crs is not None else info.crs
     if info.crs is None:
         raise SceneError(f"{info.path} has no CRS, so --bbox cannot be placed on it: assign one (rio edit-info --crs)")
     if bbox_crs != info.crs:
@@ -727,6 +727,34 @@ def window_for_bbox(info: SceneInfo, bbox, bbox_crs="EPSG:4326") -> Window:
                          f"{', '.join(f'{v:.6g}' for v in scene)} in {crs_to_string(bbox_crs)}: check the box and "
                          "--bbox-crs")
     return Window(col0, row0, col1 - col0, row1 - row0)
+
+
+def parse_crs(value, option: str = "--bbox-crs") -> CRS:
+    """A CRS from user input (``EPSG:4326``, WKT, PROJ string); anything else is a one-line SceneError."""
+    from rasterio.errors import CRSError
+
+    try:
+        return CRS.from_user_input(value)
+    except (CRSError, TypeError, ValueError):
+        raise SceneError(f"{option} {value!r} is not a CRS GDAL knows: give e.g. EPSG:4326 or the scene's "
+                         "EPSG code") from None
+
+
+def area_of_interest(bbox=None, bbox_crs="EPSG:4326", aoi=None):
+    """``(bbox, crs)`` of an area given as a box (W, S, E, N in ``bbox_crs``) or as a vector file, or None.
+
+    The argument of :func:`window_for_bbox` (``window_for_bbox(info, *area)``).
+
+    Raises
+    ------
+    SceneError
+        Both a box and a file, an unreadable file or one without geometry.
+    """
+    if bbox is not None and aoi is not None:
+        raise SceneError("give --bbox or --aoi, not both")
+    if aoi is not None:
+        return aoi_bbox(aoi)
+    return (tuple(bbox), bbox_crs) if bbox is not None else None
 
 
 def aoi_bbox(path) -> tuple[tuple[float, float, float, float], object]:

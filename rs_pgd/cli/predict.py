@@ -24,11 +24,7 @@ from rs_pgd.cli.config_file import config_options
 @click.option("--batch-size", type=int, default=None, help="Windows per forward pass (default: 1 on CPU, 8 on CUDA).")
 @click.option("--precision", type=click.Choice(["auto", "32", "bf16", "16-mixed"]), default="auto", show_default=True)
 @options.nodata_opt
-@click.option("--bbox", nargs=4, type=float, default=None, metavar="W S E N",
-              help="Predict only this area (in --bbox-crs); the output covers it, snapped to the scene's pixels.")
-@click.option("--bbox-crs", default="EPSG:4326", show_default=True, help="CRS of --bbox.")
-@click.option("--aoi", type=click.Path(dir_okay=False), default=None, metavar="VECTOR",
-              help="Predict only the bounding box of this vector file's features.")
+@options.area_options("Predict", "The output covers just that area.")
 @click.option("--no-cog", is_flag=True, help="Write a plain tiled GeoTIFF instead of a Cloud Optimized GeoTIFF.")
 @options.workers_opt
 @options.device_opt
@@ -43,7 +39,8 @@ def predict(model, scene, output, tile, margin, stride, blend, probabilities, pr
     from rs_pgd.onnx_backend import is_onnx_path
 
     if not is_onnx_path(model):  # an ONNX model never imports torch: predict() checks it as fast
-        preflight_predict(model, scene, output, probabilities, blend, tile, margin, stride)  # before torch
+        preflight_predict(model, scene, output, probabilities, blend, tile, margin, stride,  # before torch
+                          bbox=bbox, bbox_crs=bbox_crs, aoi=aoi)
 
     import rs_pgd
 
