@@ -231,8 +231,8 @@ def read_checkpoint_header(path) -> dict:
 
 def preflight_predict(model, scene, output, probabilities=None, blend="none", tile=None, margin=None, stride=None,
                       *, bbox=None, bbox_crs=defaults.BBOX_CRS, aoi=None):
-    """Check a prediction's inputs and outputs before any heavy import: checkpoint header, scene, paths, geometry
-    and the area (``bbox``/``aoi``)."""
+    """Check a prediction's inputs and outputs before any heavy import: checkpoint header, scene, paths, geometry,
+    the area (``bbox``/``aoi``) and, for a model trained with the ``from-scene`` preset, the scene's scaling."""
     from rs_pgd.output import check_output_path
     from rs_pgd.raster import area_of_interest, require_north_up, scene_info, window_for_bbox
     from rs_pgd.stitch import weight_kind
@@ -254,7 +254,32 @@ def preflight_predict(model, scene, output, probabilities=None, blend="none", ti
     area = area_of_interest(_check_bbox(bbox) if bbox is not None else None, bbox_crs, aoi)
     if area is not None:
         window_for_bbox(info, *area)
+    check_scene_scaling(meta, scene, model)
     return meta
+
+
+def check_scene_scaling(meta: dict, scene, model) -> None:
+    """Refuse a scene without band scale/offset for a model trained on values scaled by the training scene's own
+    (the ``from-scene`` preset: a STAC item's ``raster:bands``): its stored numbers would be taken as physical."""
+    import numpy as np
+
+    from rs_pgd.errors import CheckpointError
+    from rs_pgd.presets import FROM_SCENE
+    from rs_pgd.raster import SceneReader
+
+    if meta.get("preset") != FROM_SCENE:
+        return
+    scale = np.asarray(meta.get("scale", 1.0), dtype=float)
+    offset = np.asarray(meta.get("offset", 0.0), dtype=float)
+    if np.all(scale == 1.0) and np.all(offset == 0.0):
+        return
+    with SceneReader(scene, bands=meta.get("bands") or None, preset=FROM_SCENE) as reader:
+        if reader.preset.is_identity:
+            raise CheckpointError(
+                f"the model {Path(model).name} was trained on values scaled by the scene's own scale/offset "
+                f"(scale {meta.get('scale')}, offset {meta.get('offset')}), but {Path(scene).name} has none: give "
+                "a scene with them (a STAC item with raster:bands, or a GeoTIFF with band scales and offsets)"
+            )
 
 
 def check_scene_bands(meta: dict, count: int, model, scene) -> None:

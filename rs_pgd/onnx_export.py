@@ -169,17 +169,19 @@ def standardization(meta: dict) -> tuple[list[float], list[float]]:
     return [float(v) for v in mean], [float(v) for v in std]
 
 
-def _scale_offset(meta: dict) -> tuple[float, float]:
+def _scale_offset(meta: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The checkpoint's scale and offset as float64 arrays (one value, or one per band for ``from-scene``)."""
     if "scale" in meta and "offset" in meta:
-        scale, offset = float(meta["scale"]), float(meta["offset"])
+        scale, offset = meta["scale"], meta["offset"]
     else:
         from rs_pgd.presets import get_preset
 
         preset = get_preset(meta.get("preset") or "generic")
         scale, offset = preset.scale, preset.offset
-    if scale == 0 or not math.isfinite(scale) or not math.isfinite(offset):
-        raise ModelError(f"the checkpoint's preset scale {scale} and offset {offset} cannot be exported; "
-                         "train with a preset whose scale is not zero")
+    scale, offset = np.asarray(scale, dtype=np.float64), np.asarray(offset, dtype=np.float64)
+    if np.any(scale == 0) or not np.all(np.isfinite(scale)) or not np.all(np.isfinite(offset)):
+        raise ModelError(f"the checkpoint's preset scale {scale.tolist()} and offset {offset.tolist()} cannot be "
+                         "exported; train with a preset whose scale is not zero")
     return scale, offset
 
 

@@ -511,7 +511,7 @@ def _open_sources(scenes, labels, c: FitConfig, n_train: int):
                           "in pixels, not in metres; fine for training, but reproject it (gdalwarp -t_srs) for "
                           "areas in m²", stacklevel=2)
         window = window_for_bbox(info, *area) if area is not None and index < n_train else None
-        reader = SceneReader(scene_path, bands=c.bands, preset=c.preset or "generic", nodata=c.nodata, window=window)
+        reader = SceneReader(scene_path, bands=c.bands, preset=c.preset, nodata=c.nodata, window=window)
         if reader0 is not None and reader.count != reader0.count:
             raise LabelError(f"{scene_path} has {reader.count} bands but {scenes[0]} has {reader0.count}; "
                              "give scenes with the same bands (see --bands)")
@@ -540,8 +540,8 @@ def _open_sources(scenes, labels, c: FitConfig, n_train: int):
     for s in sources:
         s.stats = stats
     preset = reader0.preset
-    meta = {"scenes": infos, "preset": preset.name, "scale": preset.scale, "offset": preset.offset,
-            "band_names": _band_names(reader0)}
+    meta = {"scenes": infos, "preset": preset.name, "scale": _jsonable(preset.scale),
+            "offset": _jsonable(preset.offset), "band_names": _band_names(reader0)}
     return sources, table, meta
 
 
@@ -562,10 +562,16 @@ def _scene_record(scene_path, info, reader) -> dict:
 
 
 def _band_names(reader) -> list[str]:
+    """Each selected band's name: the scene's band description (how --bands picks it first), else the preset's
+    name for that band, else ``band N``."""
     names = reader.preset.band_names
+    descriptions = getattr(reader, "descriptions", ())
     out = []
     for b in reader.bands:
-        out.append(names[b - 1] if names and b - 1 < len(names) else f"band {b}")
+        if b - 1 < len(descriptions) and descriptions[b - 1]:
+            out.append(descriptions[b - 1])
+        else:
+            out.append(names[b - 1] if names and b - 1 < len(names) else f"band {b}")
     return out
 
 

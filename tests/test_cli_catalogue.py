@@ -284,8 +284,9 @@ CASES += [
 ]
 
 
-def _sentinel_checkpoint(source, target):
-    """The same weights, relabelled as trained on the 13 bands of the sentinel2-l2a preset (no training)."""
+def _sentinel_checkpoint(source, target, **changes):
+    """The same weights, relabelled as trained on the 13 bands of the sentinel2-l2a preset (no training), or with
+    other ``changes`` to the metadata."""
     import json
 
     from safetensors import safe_open
@@ -295,8 +296,14 @@ def _sentinel_checkpoint(source, target):
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     inner = json.loads(meta["rs_pgd"])
-    inner.update(preset="sentinel2-l2a", bands=list(range(1, 14)))
+    inner.update(changes or dict(preset="sentinel2-l2a", bands=list(range(1, 14))))
     save_file(tensors, str(target), metadata={**meta, "rs_pgd": json.dumps(inner)})
+
+
+CASES += [  # issue 11: a model trained on a STAC item's raster:bands scaling, given a scene without scale/offset
+    Case("checkpoint-from-scene-unscaled-scene", predict("model_stac.safetensors", "scene.tif"), E,
+         r"trained on values scaled by the scene's own scale/offset .*scene.tif has none.*raster:bands"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -313,6 +320,8 @@ def inputs(tmp_path_factory):
     (folder / "model.curve.png").unlink()
     (folder / "model.resume.pt").unlink()
     _sentinel_checkpoint(folder / "model.safetensors", folder / "model_s2.safetensors")
+    _sentinel_checkpoint(folder / "model.safetensors", folder / "model_stac.safetensors", preset="from-scene",
+                         scale=0.0001, offset=-0.1)
     with rasterio.open(folder / "scene.tif") as src:
         profile = {**src.profile, "count": 1}
     with rasterio.open(folder / "classes.tif", "w", **profile) as dst:

@@ -1,4 +1,4 @@
-"""``fit --bbox/--aoi``: training on part of a scene.
+"""``fit --bbox/--aoi``: training on part of a scene, and a STAC item's ``raster:bands`` as the preset.
 
 The strong tests go through ``rs_pgd.fit`` with the toy net of ``tests/toynet.py`` (float64, frozen BatchNorm,
 SGD, one step, seed fixed):
@@ -14,6 +14,8 @@ SGD, one step, seed fixed):
 
 import copy
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +29,8 @@ from toynet import ToyNet
 from rs_pgd import fit
 from rs_pgd.config import read_checkpoint_header
 from rs_pgd.errors import SceneError
+
+sys.path.insert(0, str(Path(__file__).parent / "data"))
 
 H, W, BANDS, CLASSES, FACTOR = 224, 232, 3, 3, 8
 TILE, MARGIN = 32, 32
@@ -208,7 +212,6 @@ def test_a_box_in_lon_lat_is_snapped_outward_to_the_scene_pixels(tmp_path):
 def test_area_errors_come_before_torch(tmp_path):
     """preflight_fit refuses a bad area in one line without importing torch."""
     import subprocess
-    import sys
 
     files = make_scene(tmp_path, mirrored=False)
     (tmp_path / "empty.geojson").write_text('{"type": "FeatureCollection", "features": []}')
@@ -254,3 +257,51 @@ def test_the_area_applies_to_the_training_scenes_not_to_a_validation_scene(tmp_p
         fit([files["scene"], files["crop"]], [files["labels"], files["crop_labels"]], tmp_path / "x.safetensors",
             model=toy_net(), bbox=far, bbox_crs=CRS, **OPTIONS)
 
+
+# -- a STAC item as the scene: the preset from its raster:bands ----------------------------------------------------
+@pytest.fixture
+def served_item(tmp_path, monkeypatch):
+    """A recorded Earth Search Sentinel-2 L2A item (raster:bands scale 0.0001, offset -0.1) saved as item.json, its
+    COGs on a local HTTP server, and a label raster on the item's 10 m grid."""
+    import stac_fixtures as fx
+    import stac_server
+
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "1")
+    files = fx.write_cogs(tmp_path / "files")
+    labels = np.where(np.arange(fx.S2_SIZE)[None, :] < 60, 1, 2).repeat(fx.S2_SIZE, 0)[None].astype(np.uint8)
+    label_path = tmp_path / "labels.tif"
+    with rasterio.open(label_path, "w", driver="GTiff", width=fx.S2_SIZE, height=fx.S2_SIZE, count=1, dtype="uint8",
+                       crs=fx.UTM, transform=from_origin(fx.X0, fx.Y0, 10, 10), nodata=0) as dst:
+        dst.write(labels)
+    with stac_server.StacServer(files) as server:
+        item = next(it for it in server.recorded("sentinel-2-l2a.json") if it["id"] == fx.S2_ITEMS[1][0])
+        (files / "item.json").write_text(json.dumps(item))
+        yield files / "item.json", label_path, fx
+
+
+def test_fit_on_a_stac_item_takes_the_preset_from_its_raster_bands(served_item, tmp_path):
+    from rs_pgd.config import preflight_predict
+    from rs_pgd.errors import CheckpointError
+    from rs_pgd.raster import SceneReader
+
+    item, labels, fx = served_item
+    box = [fx.X0 + 300, fx.Y0 - 1000, fx.X0 + 1000, fx.Y0 - 300]  # pixels 30..100 of the 120 px item
+    _, meta, _ = one_step(item, labels, tmp_path / "m.safetensors", ToyNet(4, 2, depth=1, factor=FACTOR).double(),
+                          bands=["red", "green", "blue", "nir"], bbox=box, bbox_crs=fx.UTM)
+    assert (meta["preset"], meta["scale"], meta["offset"]) == ("from-scene", 0.0001, -0.1)
+    assert meta["band_names"] == ["red", "green", "blue", "nir"]
+    assert meta["training_scenes"][0]["window"] == {"col_off": 30, "row_off": 30, "width": 70, "height": 70}
+    rows, cols = np.mgrid[30:100, 30:100]
+    red = fx.s2_value(1, list(fx.S2_BANDS).index("red"), rows, cols) * 1e-4 - 0.1  # reflectance, not DN
+    assert meta["stats"]["mean"][0] == pytest.approx(red.mean(), rel=1e-6)
+    # predict reads the scene the same way: the stored name re-derives the item's numbers
+    reader = SceneReader(item, bands=meta["bands"], preset=meta["preset"])
+    assert (reader.preset.scale, reader.preset.offset) == (0.0001, -0.1)
+    # a copy of the item's stored values without scale/offset is refused by predict's preflight, in one line
+    assert preflight_predict(tmp_path / "m.safetensors", item, tmp_path / "out.tif")["preset"] == "from-scene"
+    ds = SceneReader(item, preset="generic").dataset  # the item's bands as stored (the VRT of its assets)
+    with rasterio.open(tmp_path / "dn.tif", "w", driver="GTiff", width=ds.width, height=ds.height, count=ds.count,
+                       dtype="uint16", crs=ds.crs, transform=ds.transform, nodata=0) as dst:
+        dst.write(ds.read())
+    with pytest.raises(CheckpointError, match="scaled by the scene's own scale/offset .* dn.tif has none"):
+        preflight_predict(tmp_path / "m.safetensors", tmp_path / "dn.tif", tmp_path / "out.tif")

@@ -36,7 +36,8 @@ bands_opt = click.option(
 )
 preset_opt = click.option(
     "--preset", default=None, metavar="NAME",
-    help="Sensor preset with band names and scale/offset (generic, landsat-c2-l2, sentinel2-l2a, ...).",
+    help="Sensor preset with band names and scale/offset (generic, landsat-c2-l2, sentinel2-l2a, ...; from-scene: "
+         "each band's own scale/offset). Default: generic, or from-scene for a STAC item with raster:bands.",
 )
 class_column_opt = click.option(
     "--class-column", default=None, metavar="NAME", help="Attribute that holds the class (auto-detected if omitted)."
