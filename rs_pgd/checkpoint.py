@@ -61,8 +61,9 @@ class CheckpointMeta:
     bands, band_names : tuple
         1-based band indexes read from the training scenes, and their names.
     preset : str
-    scale, offset : float
-        The preset's scaling of raw values (reflectance = raw * scale + offset).
+    scale, offset : float or list of float
+        The preset's scaling of raw values (reflectance = raw * scale + offset); one per band for the
+        ``from-scene`` preset (a STAC item's ``raster:bands``).
     geometry : dict
         ``tile``, ``margin``, ``stride``, ``align`` of the training windows.
     training_scenes : tuple of dict
@@ -88,8 +89,8 @@ class CheckpointMeta:
     bands: tuple = ()
     band_names: tuple = ()
     preset: str = "generic"
-    scale: float = 1.0
-    offset: float = 0.0
+    scale: float | list = 1.0
+    offset: float | list = 0.0
     geometry: dict = field(default_factory=lambda: dict(DEFAULT_GEOMETRY))
     training_scenes: tuple = ()
     config: dict = field(default_factory=dict)
@@ -403,6 +404,27 @@ def scene_bands(meta: CheckpointMeta, info, model, bands=None) -> list[int]:
                               f"on {min(counts)}-band scenes ({trained}); say which bands to use with --bands, "
                               "e.g. --bands " + ",".join(map(str, chosen)))
     return chosen
+
+
+def check_scene_scaling(meta: CheckpointMeta, scene, model, bands=None) -> None:
+    """Refuse a scene without band scale/offset for a model trained on values scaled by the training scene's own
+    (the ``from-scene`` preset: a STAC item's ``raster:bands``): its stored numbers would be taken as physical."""
+    import numpy as np
+
+    from rs_pgd.presets import FROM_SCENE
+    from rs_pgd.raster import SceneReader
+
+    if meta.preset != FROM_SCENE:
+        return
+    if np.all(np.asarray(meta.scale, dtype=float) == 1.0) and np.all(np.asarray(meta.offset, dtype=float) == 0.0):
+        return
+    with SceneReader(scene, bands=bands or list(meta.bands) or None, preset=FROM_SCENE) as reader:
+        if reader.preset.is_identity:
+            raise CheckpointError(
+                f"the model {Path(str(model)).name} was trained on values scaled by the scene's own scale/offset "
+                f"(scale {meta.scale}, offset {meta.offset}), but {Path(str(scene)).name} has none: give a scene "
+                "with them (a STAC item with raster:bands, or a GeoTIFF with band scales and offsets)"
+            )
 
 
 def scene_warnings(meta: CheckpointMeta, info) -> list[str]:

@@ -1,7 +1,8 @@
 """Training options and the checks that need no torch (so the CLI can refuse bad input in a fraction of a second).
 
 ``preflight_fit`` runs every check that reads no pixels and imports no torch: option values and window geometry,
-the output path, the scenes (readable, north-up) and the label files' existence. ``rs_pgd.fit`` (the API, which
+the output path, the scenes (readable, north-up), the training area (``--bbox``/``--aoi`` on every training
+scene) and the label files' existence. ``rs_pgd.fit`` (the API, which
 the CLI calls) runs it once, before importing torch; the training code does not repeat it.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from rs_pgd import defaults
 from rs_pgd.defaults import NORMS, OPTIMIZERS, PRECISIONS, WEIGHTINGS
-from rs_pgd.errors import DeviceError, GridError, LabelError, TrainingError
+from rs_pgd.errors import DeviceError, GridError, LabelError, SceneError, TrainingError
 from rs_pgd.grid import validate_geometry
 
 STEP_EVERY_SCENE = defaults.STEP_EVERY
@@ -60,6 +61,9 @@ class FitConfig:
     val_scene: str | None = None
     val_labels: str | None = None
     stats_windows: int = defaults.STATS_WINDOWS
+    bbox: list | None = None
+    bbox_crs: str = defaults.BBOX_CRS
+    aoi: str | None = None
     log_json: str | None = None
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -106,6 +110,28 @@ def _validate_config(c: FitConfig) -> None:
     if c.lr <= 0:
         raise TrainingError("--lr must be positive")
     validate_geometry(c.tile, c.margin, c.stride)
+    if c.bbox is not None:
+        c.bbox = _check_bbox(c.bbox)
+        if c.aoi is not None:
+            raise SceneError("give --bbox or --aoi, not both")
+    if c.aoi is not None:
+        c.aoi = os.fspath(c.aoi)
+
+
+def _check_bbox(bbox) -> list[float]:
+    """``[W, S, E, N]`` as floats, or a one-line SceneError."""
+    import math
+
+    try:
+        values = [float(v) for v in bbox]
+    except (TypeError, ValueError):
+        raise SceneError(f"--bbox {bbox!r} is not four numbers W S E N") from None
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise SceneError(f"--bbox {bbox!r} is not four numbers W S E N")
+    w, s, e, n = values
+    if not (w < e and s < n):
+        raise SceneError(f"--bbox {w:g} {s:g} {e:g} {n:g} needs W < E and S < N")
+    return values
 
 
 def preflight_fit(scenes, labels, output, options: dict) -> FitConfig:
@@ -115,9 +141,10 @@ def preflight_fit(scenes, labels, output, options: dict) -> FitConfig:
     """
     from rs_pgd.checkpoint import resume_path
     from rs_pgd.output import check_outputs, sibling
-    from rs_pgd.raster import require_north_up, scene_info
+    from rs_pgd.raster import area_of_interest, require_north_up, scene_info, window_for_bbox
 
     config = make_config(options)
+    n_train = len(scenes)
     if len(scenes) != len(labels):
         raise LabelError(f"{len(scenes)} scenes but {len(labels)} label files; give one label file per scene")
     if (config.val_scene is None) != (config.val_labels is None):
@@ -128,9 +155,12 @@ def preflight_fit(scenes, labels, output, options: dict) -> FitConfig:
                    "--log-json": config.log_json}, inputs=[*scenes, *labels, config.encoder_weights])
     if config.device == "cuda" and not cuda_visible():
         raise DeviceError("--device cuda was asked for but CUDA is not available here; use --device cpu or auto")
-    for scene, label in zip(scenes, labels):
+    area = area_of_interest(config.bbox, config.bbox_crs, config.aoi)
+    for index, (scene, label) in enumerate(zip(scenes, labels)):
         info = scene_info(scene)
         require_north_up(info, vector_labels=not _is_raster_path(label))
+        if area is not None and index < n_train:  # the area is on the training scenes; --val is whole
+            window_for_bbox(info, *area)
         if not Path(label).exists():
             raise LabelError(f"label file {str(label)!r} not found; check the path")
     if config.encoder_weights is not None and not Path(config.encoder_weights).is_file():
@@ -156,17 +186,19 @@ def cuda_visible() -> bool:
 @dataclass(frozen=True)
 class PredictPlan:
     """What :func:`preflight_predict` found: the checkpoint metadata (None for an ONNX model, read with its
-    runtime), the scene's bands to feed the model, and warnings about how the scene differs from the training
-    scenes."""
+    runtime), the scene's bands to feed the model, warnings about how the scene differs from the training
+    scenes, the scene's facts and the window of the area to predict (None: the whole scene)."""
 
     meta: object
     bands: list | None
     warnings: tuple = ()
     info: object = None
+    window: object = None
 
 
 def preflight_predict(model, scene, output, *, probabilities=None, preview=None, blend="none", tile=None,
-                      margin=None, stride=None, bands=None, batch_size=None, workers=None, cog=True) -> PredictPlan:
+                      margin=None, stride=None, bands=None, batch_size=None, workers=None, cog=True, bbox=None,
+                      bbox_crs=defaults.BBOX_CRS, aoi=None) -> PredictPlan:
     """Check a prediction's options, every output path and its inputs before any heavy import.
 
     For a checkpoint this reads its header (:func:`rs_pgd.checkpoint.read_header`) and checks that the scene fits
@@ -176,7 +208,7 @@ def preflight_predict(model, scene, output, *, probabilities=None, preview=None,
     from rs_pgd.checkpoint import read_header
     from rs_pgd.onnx_backend import is_onnx_path
     from rs_pgd.output import GEOTIFF_SUFFIXES, check_format_suffix, check_outputs
-    from rs_pgd.raster import require_north_up, scene_info
+    from rs_pgd.raster import area_of_interest, require_north_up, scene_info, window_for_bbox
     from rs_pgd.runtime import check_loader_options
     from rs_pgd.stitch import weight_kind
 
@@ -191,18 +223,23 @@ def preflight_predict(model, scene, output, *, probabilities=None, preview=None,
     check_outputs({"output": output, "--probabilities": probabilities, "--preview": preview}, inputs=[model, scene])
     info = scene_info(scene)
     require_north_up(info)  # a rotated or GCP-only output would be misplaced by most GIS tools
+    area = area_of_interest(_check_bbox(bbox) if bbox is not None else None, bbox_crs, aoi)
+    window = window_for_bbox(info, *area) if area is not None else None
     if is_onnx_path(model):
-        return PredictPlan(None, bands, (), info)
+        return PredictPlan(None, bands, (), info, window)
     meta = read_header(model)
     validate_geometry(*inference_geometry(meta.geometry, tile, margin, stride), int(meta.geometry.get("align", 32)))
-    return plan_scene(meta, info, model, bands)
+    return plan_scene(meta, info, model, bands, window)
 
 
-def plan_scene(meta, info, model, bands=None) -> PredictPlan:
-    """The one scene check (:mod:`rs_pgd.checkpoint`) of scene ``info`` against a model's metadata ``meta``."""
-    from rs_pgd.checkpoint import scene_bands, scene_warnings
+def plan_scene(meta, info, model, bands=None, window=None) -> PredictPlan:
+    """The one scene check (:mod:`rs_pgd.checkpoint`) of scene ``info`` against a model's metadata ``meta``:
+    which bands to read, the scene's own scaling where the model needs it, and the warnings."""
+    from rs_pgd.checkpoint import check_scene_scaling, scene_bands, scene_warnings
 
-    return PredictPlan(meta, scene_bands(meta, info, model, bands), tuple(scene_warnings(meta, info)), info)
+    chosen = scene_bands(meta, info, model, bands)
+    check_scene_scaling(meta, info.path, model, chosen)
+    return PredictPlan(meta, chosen, tuple(scene_warnings(meta, info)), info, window)
 
 
 INFERENCE_MIN_MARGIN = 128

@@ -126,17 +126,16 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     started = time.perf_counter()
     plan = preflight_predict(model, scene, output, probabilities=probabilities, preview=preview, blend=blend,
                              tile=tile, margin=margin, stride=stride, bands=bands, batch_size=batch_size,
-                             workers=workers, cog=cog)
-    window = _area_window(plan.info, bbox, bbox_crs, aoi)
+                             workers=workers, cog=cog, bbox=bbox, bbox_crs=bbox_crs, aoi=aoi)
     if is_onnx_path(model):
         from rs_pgd.onnx_backend import onnx_backend
 
         backend = onnx_backend(model, device=device, precision=precision, batch_size=batch_size)
-        plan = plan_scene(backend.meta, plan.info, model, bands)  # its metadata, read by onnxruntime
+        plan = plan_scene(backend.meta, plan.info, model, bands, plan.window)  # its metadata, read by onnxruntime
     else:
         backend = _torch_backend(model, device, precision, batch_size, workers)
     return _predict_windows(backend, plan, model, scene, output, tile, margin, stride, blend, probabilities,
-                            probability_dtype, preview, cog, progress, started, nodata, window)
+                            probability_dtype, preview, cog, progress, started, nodata, plan.window)
 
 
 def _predict_windows(backend: Backend, plan, model, scene, output, tile, margin, stride, blend, probabilities,
@@ -219,14 +218,6 @@ def _torch_backend(model, device, precision, batch_size, workers) -> Backend:
     return Backend(meta, _torch_forward(net, dev, prec), batches, geometry)
 
 
-def _area_window(info, bbox, bbox_crs, aoi):
-    """The scene window of the area to predict (``bbox`` in ``bbox_crs``, or the bounds of ``aoi``), or None for
-    the whole scene."""
-    from rs_pgd.raster import aoi_bbox, window_for_bbox
-
-    if aoi is not None:
-        return window_for_bbox(info, *aoi_bbox(aoi))
-    return window_for_bbox(info, bbox, bbox_crs) if bbox is not None else None
 
 
 def _open_scene_for(meta, plan, scene, model, nodata=None, window=None):

@@ -40,7 +40,7 @@ def describe(scene, labels=None, *, class_column=None, layer=None, bands=None, p
     from rs_pgd.runtime import runtime_report
 
     info = scene_info(scene)
-    reader = SceneReader(scene, bands=bands, preset=preset or "generic", nodata=nodata)
+    reader = SceneReader(scene, bands=bands, preset=preset, nodata=nodata)
     invalid, fills = _scan_validity(reader, tile)
     report = {
         "scene": info.to_dict(),

@@ -170,11 +170,12 @@ def standardization(meta) -> tuple[list[float], list[float]]:
     return [float(v) for v in mean], [float(v) for v in std]
 
 
-def _scale_offset(meta) -> tuple[float, float]:
-    scale, offset = float(meta.scale), float(meta.offset)
-    if scale == 0 or not math.isfinite(scale) or not math.isfinite(offset):
-        raise ModelError(f"the checkpoint's preset scale {scale} and offset {offset} cannot be exported; "
-                         "train with a preset whose scale is not zero")
+def _scale_offset(meta) -> tuple[np.ndarray, np.ndarray]:
+    """The checkpoint's scale and offset as float64 arrays (one value, or one per band for ``from-scene``)."""
+    scale, offset = np.asarray(meta.scale, dtype=np.float64), np.asarray(meta.offset, dtype=np.float64)
+    if np.any(scale == 0) or not np.all(np.isfinite(scale)) or not np.all(np.isfinite(offset)):
+        raise ModelError(f"the checkpoint's preset scale {scale.tolist()} and offset {offset.tolist()} cannot be "
+                         "exported; train with a preset whose scale is not zero")
     return scale, offset
 
 

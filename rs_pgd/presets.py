@@ -7,6 +7,10 @@ product uses even when the file carries no nodata tag (0 for Landsat Collection 
 Presets live in the :data:`PRESETS` registry; :func:`get_preset` looks one up by name and raises
 :class:`~rs_pgd.errors.PresetError` listing the valid names. :func:`resolve_bands` turns a user's band selection
 (1-based band numbers or band names) into rasterio band indexes.
+
+One preset, :data:`FROM_SCENE` (``from-scene``), holds no numbers of its own: a reader given it takes each selected
+band's scale and offset from the scene itself (a STAC item's ``raster:bands``, or a raster's GDAL band
+scale/offset metadata), see :func:`scene_preset`. It is what a STAC item is read with when no preset is given.
 """
 
 from __future__ import annotations
@@ -29,26 +33,33 @@ class Preset:
         One line for ``--help`` and reports.
     band_names : tuple of str
         Band names in file order (band 1 first). Empty for the generic preset.
-    scale, offset : float
-        Physical value = DN * scale + offset.
+    scale, offset : float or tuple of float
+        Physical value = DN * scale + offset. A tuple gives one value per selected band (only the presets
+        :func:`scene_preset` makes, which belong to one band selection of one scene).
     default_bands : tuple of int or None
         1-based bands read when the user selects none; None means every band of the scene.
     nodata : float or None
         DN that means "no data" in this product even where the file has no nodata tag.
+    from_scene : bool
+        The scale and offset are read from the scene (see :func:`scene_preset`); for :data:`FROM_SCENE` itself
+        they are placeholders.
     """
 
     name: str
     description: str
     band_names: tuple[str, ...] = ()
-    scale: float = 1.0
-    offset: float = 0.0
+    scale: float | tuple[float, ...] = 1.0
+    offset: float | tuple[float, ...] = 0.0
     default_bands: tuple[int, ...] | None = None
     nodata: float | None = None
+    from_scene: bool = False
 
     @property
     def is_identity(self) -> bool:
-        """True when the preset leaves stored values unchanged (scale 1, offset 0)."""
-        return self.scale == 1.0 and self.offset == 0.0
+        """True when the preset leaves stored values unchanged (scale 1, offset 0, in every band)."""
+        scales = self.scale if isinstance(self.scale, tuple) else (self.scale,)
+        offsets = self.offset if isinstance(self.offset, tuple) else (self.offset,)
+        return all(v == 1.0 for v in scales) and all(v == 0.0 for v in offsets)
 
     def to_dict(self) -> dict:
         """JSON-ready description, stored in checkpoints so inference reads the scene the same way."""
@@ -56,8 +67,8 @@ class Preset:
             "name": self.name,
             "description": self.description,
             "band_names": list(self.band_names),
-            "scale": self.scale,
-            "offset": self.offset,
+            "scale": list(self.scale) if isinstance(self.scale, tuple) else self.scale,
+            "offset": list(self.offset) if isinstance(self.offset, tuple) else self.offset,
             "default_bands": None if self.default_bands is None else list(self.default_bands),
             "nodata": self.nodata,
         }
@@ -120,9 +131,18 @@ PRESETS: dict[str, Preset] = {
             offset=0.0,
             nodata=0.0,
         ),
+        Preset(
+            name="from-scene",
+            description="scale/offset read from the scene: a STAC item's raster:bands, or the raster's band "
+                        "scale/offset metadata (per band)",
+            from_scene=True,
+        ),
     )
 }
 """Registry of presets by name."""
+
+FROM_SCENE = "from-scene"
+"""Name of the preset whose scale and offset come from the scene itself (see :func:`scene_preset`)."""
 
 PRESET_ALIASES: dict[str, str] = {"landsat-l1": "landsat8-l1"}
 """Other accepted spellings of preset names."""
@@ -150,6 +170,31 @@ def get_preset(name: str | Preset | None) -> Preset:
     if key not in PRESETS:
         raise PresetError(f"unknown preset {name!r}: choose one of {', '.join(preset_names())}")
     return PRESETS[key]
+
+
+def scene_preset(scales, offsets) -> Preset:
+    """The ``from-scene`` preset of one band selection: ``scales``/``offsets`` are the selected bands' own values.
+
+    ``None`` (no metadata) counts as scale 1, offset 0. Equal values in every band give plain floats, otherwise
+    one value per selected band.
+
+    Raises
+    ------
+    PresetError
+        If a scale is zero or a value is not finite (the stored values could not be told apart).
+    """
+    import math
+
+    scales = tuple(1.0 if v is None else float(v) for v in scales)
+    offsets = tuple(0.0 if v is None else float(v) for v in offsets)
+    bad = [v for v in scales + offsets if not math.isfinite(v)] + [v for v in scales if v == 0]
+    if bad:
+        raise PresetError(f"the scene's band scale/offset {bad[0]} cannot be used: give --preset generic or the "
+                          "product's preset")
+    scale = scales[0] if len(set(scales)) == 1 else scales
+    offset = offsets[0] if len(set(offsets)) == 1 else offsets
+    return Preset(name=FROM_SCENE, description=PRESETS[FROM_SCENE].description, scale=scale, offset=offset,
+                  from_scene=True)
 
 
 def parse_bands(text: str | Sequence | None) -> list[int | str] | None:

@@ -39,7 +39,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from rs_pgd.errors import GridError, SceneError
-from rs_pgd.presets import Preset, get_preset, resolve_bands
+from rs_pgd.presets import FROM_SCENE, Preset, get_preset, resolve_bands, scene_preset
 
 STD_EPSILON = 1e-6
 """Smallest standard deviation :func:`compute_band_stats` returns, so constant bands do not divide by zero."""
@@ -538,8 +538,11 @@ class SceneReader:
     bands : None, str, or sequence of int or str
         Bands to read: 1-based numbers, the scene's band descriptions or the preset's band names; None for the
         preset's default or every band except alpha bands.
-    preset : str or Preset
-        How to scale stored values (see :mod:`rs_pgd.presets`).
+    preset : str or Preset, optional
+        How to scale stored values (see :mod:`rs_pgd.presets`). ``"from-scene"`` takes each selected band's
+        scale and offset from the scene (a STAC item's ``raster:bands``, GDAL band scale/offset). None: the
+        scene's default, which is ``from-scene`` for a STAC item whose selected bands carry a scale or offset,
+        and ``generic`` otherwise.
     nodata : float, optional
         Stored value that means "no data" in this scene although the file does not say so (fill pixels): a pixel
         where any selected band holds it is invalid. Replaces the preset's nodata DN; NaN is allowed.
@@ -558,10 +561,10 @@ class SceneReader:
     crs, transform, nodata, preset, dtype
     """
 
-    def __init__(self, path, bands=None, preset: str | Preset = "generic", nodata: float | None = None,
+    def __init__(self, path, bands=None, preset: str | Preset | None = "generic", nodata: float | None = None,
                  window: Window | None = None):
         self.path = os.fspath(path)
-        self.preset = get_preset(preset)
+        self.preset = get_preset(preset)  # None: generic, unless the scene says otherwise (below)
         self._dataset = None
         self._pid = None
         ds = self._open()
@@ -576,6 +579,11 @@ class SceneReader:
         self.bands = resolve_bands(bands, ds.count, self.preset, descriptions=ds.descriptions,
                                    alpha=self.alpha_bands)
         self.count = len(self.bands)
+        self.descriptions = tuple(ds.descriptions)
+        if preset is None and is_stac_item(self.path) and not _band_scaling(ds, self.bands).is_identity:
+            self.preset = get_preset(FROM_SCENE)  # the item's raster:bands scale/offset
+        if self.preset.from_scene:
+            self.preset = _band_scaling(ds, self.bands)
         self.crs = ds.crs
         self.transform = ds.window_transform(self.window) if self.window is not None else ds.transform
         self.dtype = ds.dtypes[self.bands[0] - 1]
@@ -681,10 +689,21 @@ class SceneReader:
     def _scale(self, raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
         image = raw.astype(np.float32, copy=True)
         if not self.preset.is_identity:
-            image *= np.float32(self.preset.scale)
-            image += np.float32(self.preset.offset)
+            image *= _per_band(self.preset.scale)
+            image += _per_band(self.preset.offset)
         image[:, ~valid] = 0.0
         return image
+
+
+def _per_band(value) -> np.ndarray:
+    """A preset's scale or offset as float32, shaped to broadcast over (C, H, W) when it is one value per band."""
+    array = np.asarray(value, dtype=np.float32)
+    return array[:, None, None] if array.ndim else array
+
+
+def _band_scaling(ds, bands) -> Preset:
+    """The ``from-scene`` preset of the selected bands of an open dataset (GDAL band scale/offset)."""
+    return scene_preset([ds.scales[b - 1] for b in bands], [ds.offsets[b - 1] for b in bands])
 
 
 def _check_window(window, ds) -> Window:
@@ -711,7 +730,7 @@ def window_for_bbox(info: SceneInfo, bbox, bbox_crs="EPSG:4326") -> Window:
         raise SceneError(f"--bbox {bbox!r} is not four numbers W S E N") from None
     if not (w < e and s < n):
         raise SceneError(f"--bbox {w:g} {s:g} {e:g} {n:g} needs W < E and S < N")
-    bbox_crs = CRS.from_user_input(bbox_crs) if bbox_crs is not None else info.crs
+    bbox_crs = parse_crs(bbox_crs) if bbox_crs is not None else info.crs
     if info.crs is None:
         raise SceneError(f"{info.path} has no CRS, so --bbox cannot be placed on it: assign one (rio edit-info --crs)")
     if bbox_crs != info.crs:
@@ -727,6 +746,34 @@ def window_for_bbox(info: SceneInfo, bbox, bbox_crs="EPSG:4326") -> Window:
                          f"{', '.join(f'{v:.6g}' for v in scene)} in {crs_to_string(bbox_crs)}: check the box and "
                          "--bbox-crs")
     return Window(col0, row0, col1 - col0, row1 - row0)
+
+
+def parse_crs(value, option: str = "--bbox-crs") -> CRS:
+    """A CRS from user input (``EPSG:4326``, WKT, PROJ string); anything else is a one-line SceneError."""
+    from rasterio.errors import CRSError
+
+    try:
+        return CRS.from_user_input(value)
+    except (CRSError, TypeError, ValueError):
+        raise SceneError(f"{option} {value!r} is not a CRS GDAL knows: give e.g. EPSG:4326 or the scene's "
+                         "EPSG code") from None
+
+
+def area_of_interest(bbox=None, bbox_crs="EPSG:4326", aoi=None):
+    """``(bbox, crs)`` of an area given as a box (W, S, E, N in ``bbox_crs``) or as a vector file, or None.
+
+    The argument of :func:`window_for_bbox` (``window_for_bbox(info, *area)``).
+
+    Raises
+    ------
+    SceneError
+        Both a box and a file, an unreadable file or one without geometry.
+    """
+    if bbox is not None and aoi is not None:
+        raise SceneError("give --bbox or --aoi, not both")
+    if aoi is not None:
+        return aoi_bbox(aoi)
+    return (tuple(bbox), bbox_crs) if bbox is not None else None
 
 
 def aoi_bbox(path) -> tuple[tuple[float, float, float, float], object]:

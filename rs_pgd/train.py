@@ -478,35 +478,52 @@ class Trainer:
 # -- set-up helpers ---------------------------------------------------------------------------------------
 def _open_sources(scenes, labels, c: FitConfig, n_train: int):
     """Readers, label sources and grids of every scene; one class table (by class name) and band statistics
-    over the training scenes (the first ``n_train``)."""
+    over the training scenes (the first ``n_train``).
+
+    With a training area (``bbox``/``aoi``) each training scene's reader covers only the scene pixels of the area
+    (:func:`rs_pgd.raster.window_for_bbox`, as predict does): its grid, labels and statistics are those of the
+    area, while windows at the area's edges still see the real pixels around it as context.
+    """
     from rs_pgd.classes import unify_class_tables
     from rs_pgd.dataset import SceneSource
     from rs_pgd.label_source import ReindexedLabels
     from rs_pgd.labels import open_labels
-    from rs_pgd.raster import SceneReader, compute_band_stats, merge_band_stats, scene_info
+    from rs_pgd.raster import (
+        SceneReader,
+        area_of_interest,
+        compute_band_stats,
+        merge_band_stats,
+        scene_info,
+        window_for_bbox,
+    )
 
+    area = area_of_interest(c.bbox, c.bbox_crs, c.aoi)
     sources, tables, infos = [], [], []
     reader0 = None
-    for scene_path, label_path in zip(scenes, labels):
+    for index, (scene_path, label_path) in enumerate(zip(scenes, labels)):
         info = scene_info(scene_path)  # checked by preflight_fit (readable, north-up)
         if info.crs is not None and info.crs.is_geographic:
             warnings.warn(f"{Path(scene_path).name} is in a geographic CRS ({info.crs_string}): windows are square "
                           "in pixels, not in metres; fine for training, but reproject it (gdalwarp -t_srs) for "
                           "areas in m²", stacklevel=2)
-        reader = SceneReader(scene_path, bands=c.bands, preset=c.preset or "generic", nodata=c.nodata)
+        window = window_for_bbox(info, *area) if area is not None and index < n_train else None
+        reader = SceneReader(scene_path, bands=c.bands, preset=c.preset, nodata=c.nodata, window=window)
         if reader0 is not None and reader.count != reader0.count:
             raise LabelError(f"{scene_path} has {reader.count} bands but {scenes[0]} has {reader0.count}; "
                              "give scenes with the same bands (see --bands)")
         reader0 = reader0 or reader
-        source_labels = open_labels(label_path, info, class_column=c.class_column, mapping=c.mapping,
+        # the labels are read on the reader's grid (the area's pixels, when there is one): same pixels as the image
+        source_labels = open_labels(label_path, reader, class_column=c.class_column, mapping=c.mapping,
                                     layer=c.layer, all_touched=c.all_touched, background=c.background,
                                     unknown_keys="keep" if len(scenes) > 1 else "error")
         tables.append(source_labels.classes)
         for line in getattr(source_labels, "report", []):
             logger.info("labels: %s", line)
-        infos.append({"path": str(scene_path), "crs": info.crs_string, "res": list(info.res),
-                      "width": info.width, "height": info.height, "count": info.count, "dtype": info.dtype})
-        grid = WindowGrid(info.height, info.width, c.tile, c.margin, c.stride, align=32)
+        infos.append(_scene_record(scene_path, info, reader))
+        if window is not None:
+            logger.info("training area of %s: %d x %d pixels from column %d, row %d", Path(scene_path).name,
+                        reader.width, reader.height, reader.col_off, reader.row_off)
+        grid = WindowGrid(reader.height, reader.width, c.tile, c.margin, c.stride, align=32)
         sources.append(SceneSource(reader, source_labels, grid, None))
     table, luts = unify_class_tables(tables, [str(p) for p in labels])
     for source, lut in zip(sources, luts):
@@ -519,16 +536,39 @@ def _open_sources(scenes, labels, c: FitConfig, n_train: int):
     for s in sources:
         s.stats = stats
     preset = reader0.preset
-    meta = {"scenes": infos, "preset": preset.name, "scale": preset.scale, "offset": preset.offset,
-            "band_names": _band_names(reader0)}
+    meta = {"scenes": infos, "preset": preset.name, "scale": _jsonable(preset.scale),
+            "offset": _jsonable(preset.offset), "band_names": _band_names(reader0)}
     return sources, table, meta
 
 
+def _scene_record(scene_path, info, reader) -> dict:
+    """What the checkpoint says about one training scene: path, CRS, pixel size, band count and data type (for
+    predict's scene check) and the size trained on; with a
+    training area also its ``window`` (file pixels) and ``bounds`` (W, S, E, N in the scene's CRS)."""
+    record = {"path": str(scene_path), "crs": info.crs_string, "res": list(info.res),
+              "width": reader.width, "height": reader.height, "count": info.count, "dtype": info.dtype}
+    if reader.window is not None:
+        from rasterio.transform import array_bounds
+
+        west, south, east, north = array_bounds(reader.height, reader.width, reader.transform)
+        record["window"] = {"col_off": reader.col_off, "row_off": reader.row_off, "width": reader.width,
+                            "height": reader.height}
+        record["bounds"] = [float(west), float(south), float(east), float(north)]
+        record["scene_width"], record["scene_height"] = info.width, info.height
+    return record
+
+
 def _band_names(reader) -> list[str]:
+    """Each selected band's name: the scene's band description (how --bands picks it first), else the preset's
+    name for that band, else ``band N``."""
     names = reader.preset.band_names
+    descriptions = getattr(reader, "descriptions", ())
     out = []
     for b in reader.bands:
-        out.append(names[b - 1] if names and b - 1 < len(names) else f"band {b}")
+        if b - 1 < len(descriptions) and descriptions[b - 1]:
+            out.append(descriptions[b - 1])
+        else:
+            out.append(names[b - 1] if names and b - 1 < len(names) else f"band {b}")
     return out
 
 

@@ -285,9 +285,46 @@ CASES += [
          r"--workers -1 must be 0 .* or a positive number"),
 ]
 
+# -- issue 11: training and predicting on an area (--bbox, --bbox-crs, --aoi) -----------------------------------------
+AREA_UTM = ["--bbox", 500_480, 3_997_600, 502_400, 3_999_520, "--bbox-crs", "EPSG:32618"]  # pixels 16..80 of 96
 
-def _sentinel_checkpoint(source, target):
-    """The same weights, relabelled as trained on the 13 bands of the sentinel2-l2a preset (no training)."""
+
+def _trained_on_the_area(path):
+    from rs_pgd.checkpoint import read_header
+
+    record = read_header(path).training_scenes[0]
+    assert record["window"] == {"col_off": 16, "row_off": 16, "width": 64, "height": 64}, record
+
+
+CASES += [
+    Case("fit-bbox-outside-scene", fit("scene.tif", "labels.gpkg", "m.safetensors", "--bbox", 0, 0, 1, 1), E,
+         r"--bbox does not overlap scene.tif, which covers .* in EPSG:4326: check the box and --bbox-crs",
+         "m.safetensors"),
+    Case("fit-bbox-crs-unknown", fit("scene.tif", "labels.gpkg", "m.safetensors", *AREA_UTM[:5], "--bbox-crs",
+                                     "EPSG:99999"), E, r"--bbox-crs 'EPSG:99999' is not a CRS.*EPSG:4326",
+         "m.safetensors"),
+    Case("fit-bbox-inverted", fit("scene.tif", "labels.gpkg", "m.safetensors", "--bbox", -74, 36.2, -75, 36.1), E,
+         r"--bbox -74 36.2 -75 36.1 needs W < E and S < N", "m.safetensors"),
+    Case("fit-bbox-three-numbers", fit("scene.tif", "labels.gpkg", "m.safetensors", "--bbox", 1, 2, 3), E,
+         r"--bbox.* requires 4 arguments.*--help", "m.safetensors"),
+    Case("fit-aoi-empty", fit("scene.tif", "labels.gpkg", "m.safetensors", "--aoi", "{in}/empty.gpkg"), E,
+         r"area of interest .*empty.gpkg has no geometry", "m.safetensors"),
+    Case("fit-aoi-missing", fit("scene.tif", "labels.gpkg", "m.safetensors", "--aoi", "{in}/missing.gpkg"), E,
+         r"cannot read the area of interest .*missing.gpkg.*GeoPackage or GeoJSON", "m.safetensors"),
+    Case("fit-bbox-and-aoi", fit("scene.tif", "labels.gpkg", "m.safetensors", *AREA_UTM, "--aoi",
+                                 "{in}/labels.gpkg"), E, r"give --bbox or --aoi, not both", "m.safetensors"),
+    Case("fit-bbox", fit("scene.tif", "labels.gpkg", "m.safetensors", *AREA_UTM), OK, r"wrote", "m.safetensors",
+         check=_trained_on_the_area),
+    Case("predict-bbox-outside-scene", predict("model.safetensors", "scene.tif", "out.tif", "--bbox", 0, 0, 1, 1), E,
+         r"--bbox does not overlap scene.tif"),
+    Case("predict-bbox-crs-unknown", predict("model.safetensors", "scene.tif", "out.tif", *AREA_UTM[:5],
+                                             "--bbox-crs", "nonsense"), E, r"--bbox-crs 'nonsense' is not a CRS"),
+]
+
+
+def _sentinel_checkpoint(source, target, **changes):
+    """The same weights, relabelled as trained on the 13 bands of the sentinel2-l2a preset (no training), or with
+    other ``changes`` to the metadata."""
     import json
 
     from safetensors import safe_open
@@ -297,8 +334,14 @@ def _sentinel_checkpoint(source, target):
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     inner = json.loads(meta["rs_pgd"])
-    inner.update(preset="sentinel2-l2a", bands=list(range(1, 14)))
+    inner.update(changes or dict(preset="sentinel2-l2a", bands=list(range(1, 14))))
     save_file(tensors, str(target), metadata={**meta, "rs_pgd": json.dumps(inner)})
+
+
+CASES += [  # issue 11: a model trained on a STAC item's raster:bands scaling, given a scene without scale/offset
+    Case("checkpoint-from-scene-unscaled-scene", predict("model_stac.safetensors", "scene.tif"), E,
+         r"trained on values scaled by the scene's own scale/offset .*scene.tif has none.*raster:bands"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -316,6 +359,8 @@ def inputs(tmp_path_factory):
     (folder / "model.resume.pt").unlink()
     _sentinel_checkpoint(folder / "model.safetensors", folder / "model_s2.safetensors")
     (folder / "scene_png.png").write_bytes((folder / "scene.tif").read_bytes())  # a GeoTIFF under a .png name
+    _sentinel_checkpoint(folder / "model.safetensors", folder / "model_stac.safetensors", preset="from-scene",
+                         scale=0.0001, offset=-0.1)
     with rasterio.open(folder / "scene.tif") as src:
         profile = {**src.profile, "count": 1}
     with rasterio.open(folder / "classes.tif", "w", **profile) as dst:

@@ -429,3 +429,16 @@ def test_export_help_and_api_do_not_import_torch_at_import():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     assert CliRunner().invoke(cli, ["export", "--help"]).exit_code == 0
+
+
+def test_standardization_of_a_from_scene_checkpoint_with_a_scale_per_band():
+    """A ``from-scene`` checkpoint may hold one scale/offset per band: Deepness's line still equals rs-pgd's."""
+    from types import SimpleNamespace
+
+    from rs_pgd.onnx_export import standardization
+
+    meta = SimpleNamespace(scale=[1e-4, 1.0], offset=[-0.1, 0.0], stats={"mean": [0.05, 3.0], "std": [0.02, 1.0]})
+    mean, std = standardization(meta)
+    raw = np.array([1700.0, 7.0])
+    rs_pgd_value = (raw * np.array(meta.scale) + meta.offset - np.array(meta.stats["mean"])) / meta.stats["std"]
+    np.testing.assert_allclose((raw / 255 - np.array(mean)) / np.array(std), rs_pgd_value, rtol=1e-9)

@@ -111,3 +111,17 @@ def test_unknown_band_name():
         resolve_bands(["red"], 3, "generic")
     with pytest.raises(PresetError):
         resolve_bands([], 3)
+
+
+def test_scene_preset_is_one_value_when_the_bands_agree_and_one_per_band_otherwise():
+    from rs_pgd.presets import scene_preset
+
+    same = scene_preset([0.0001, 0.0001], [-0.1, -0.1])
+    assert (same.name, same.scale, same.offset, same.from_scene) == ("from-scene", 0.0001, -0.1, True)
+    mixed = scene_preset([0.0001, None], [-0.1, None])  # no metadata: as stored
+    assert (mixed.scale, mixed.offset) == ((0.0001, 1.0), (-0.1, 0.0)) and not mixed.is_identity
+    assert mixed.to_dict()["scale"] == [0.0001, 1.0]
+    assert scene_preset([None], [None]).is_identity
+    with pytest.raises(PresetError, match="cannot be used"):
+        scene_preset([0.0], [0.0])
+    assert get_preset("from-scene").from_scene and "from-scene" in preset_names()

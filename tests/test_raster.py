@@ -716,7 +716,7 @@ def test_stac_item_is_read_as_one_scene_of_its_assets(tmp_path, monkeypatch):
             assert (info.width, info.height, info.crs_string) == (120, 120, "EPSG:32632")
             assert info.res == (10.0, 10.0)
             assert "thumbnail" not in info.band_descriptions and "blue" in info.band_descriptions
-            reader = SceneReader(path, bands="red,rededge1")  # by asset key
+            reader = SceneReader(path, bands="red,rededge1", preset="generic")  # by asset key, stored values
             assert [info.band_descriptions[b - 1] for b in reader.bands] == ["red", "rededge1"]
             window = reader.read((0, 0, 120, 120))
             rows, cols = np.mgrid[0:120, 0:120]
@@ -728,6 +728,67 @@ def test_stac_item_is_read_as_one_scene_of_its_assets(tmp_path, monkeypatch):
         with rasterio.open(stac_item_vrt_text(local_item)) as ds:
             blue = ds.descriptions.index("blue") + 1
             assert ds.scales[blue - 1] == 0.0001 and ds.offsets[blue - 1] == -0.1
+
+
+@pytest.fixture
+def served_items(tmp_path, monkeypatch):
+    """The recorded Sentinel-2 and Landsat items (with their raster:bands) saved as item JSON files, their COGs
+    served over HTTP: ``{name: item path}``."""
+    import stac_fixtures as fx
+
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "1")
+    files = fx.write_cogs(tmp_path)
+    with stac_server.StacServer(files) as server:
+        items = {}
+        for name, collection, item_id in (("s2", "sentinel-2-l2a.json", fx.S2_ITEMS[1][0]),
+                                          ("s2_old", "sentinel-2-l2a.json", fx.S2_ITEMS[3][0]),
+                                          ("landsat", "landsat-c2-l2.json", fx.LS_ITEMS[0][0])):
+            item = next(it for it in server.recorded(collection) if it["id"] == item_id)
+            (files / f"{name}.json").write_text(json.dumps(item))
+            items[name] = files / f"{name}.json"
+        yield items
+
+
+def test_a_stac_item_is_read_with_the_scale_and_offset_of_its_raster_bands(served_items):
+    import stac_fixtures as fx
+
+    reader = SceneReader(served_items["s2"], bands="red,nir", preset=None)  # None: the scene's own default
+    assert reader.preset.name == "from-scene"
+    assert (reader.preset.scale, reader.preset.offset) == (0.0001, -0.1)
+    stored = SceneReader(served_items["s2"], bands="red,nir", preset="generic")
+    assert stored.preset.is_identity
+    window, raw = reader.read((0, 0, 120, 120)), stored.read((0, 0, 120, 120))
+    assert window.valid.sum() > 0 and np.array_equal(window.valid, raw.valid)
+    np.testing.assert_allclose(window.image[:, window.valid],
+                               raw.image[:, raw.valid] * np.float32(0.0001) + np.float32(-0.1), rtol=1e-6)
+    rows, cols = np.mgrid[0:120, 0:120]
+    red_dn = fx.s2_value(1, list(fx.S2_BANDS).index("red"), rows, cols).astype(np.float32)
+    np.testing.assert_allclose(window.image[0][window.valid], red_dn[window.valid] * 1e-4 - 0.1, rtol=1e-5)
+    # per band where the bands differ: the SCL asset has no scale
+    mixed = SceneReader(served_items["s2"], bands="red,scl", preset=None)
+    assert (mixed.preset.scale, mixed.preset.offset) == ((0.0001, 1.0), (-0.1, 0.0))
+    both = mixed.read((0, 0, 8, 8)).image, SceneReader(served_items["s2"], bands="red,scl", preset="generic").read(
+        (0, 0, 8, 8)).image
+    np.testing.assert_allclose(both[0][1], both[1][1])  # scl as stored
+    # an item of processing baseline 03.00 (no offset) and a Landsat C2 L2 item
+    old = SceneReader(served_items["s2_old"], bands="red", preset=None).preset
+    assert (old.scale, old.offset) == (0.0001, 0.0)
+    landsat = SceneReader(served_items["landsat"], bands="red,nir08", preset=None).preset
+    assert (landsat.scale, landsat.offset) == (2.75e-05, -0.2)
+    # --preset wins over the item's numbers
+    assert SceneReader(served_items["s2"], bands="red", preset="sentinel2-l2a-pre04").preset.offset == 0.0
+
+
+def test_from_scene_preset_reads_a_rasters_band_scales(tmp_path):
+    path = write_scene(tmp_path / "scaled.tif", np.full((2, 8, 8), 2000, np.uint16))
+    with rasterio.open(path, "r+") as ds:
+        ds.scales, ds.offsets = (0.0001, 0.0001), (-0.1, -0.1)
+    assert SceneReader(path, preset=None).preset.name == "generic"  # a GeoTIFF keeps the generic default
+    reader = SceneReader(path, preset="from-scene")
+    assert (reader.preset.scale, reader.preset.offset) == (0.0001, -0.1)
+    np.testing.assert_allclose(reader.read((0, 0, 8, 8)).image, 0.1, rtol=1e-5)
+    plain = write_scene(tmp_path / "plain.tif", np.full((2, 8, 8), 2000, np.uint16))
+    assert SceneReader(plain, preset="from-scene").preset.is_identity
 
 
 def stac_item_vrt_text(path):

@@ -36,6 +36,7 @@ def _step_every(ctx, param, value):
 @options.bands_opt
 @options.preset_opt
 @options.nodata_opt
+@options.area_options("Train on", "Validation blocks are held out inside it too.")
 @click.option("--arch", default=defaults.ARCH, show_default=True, help="Any SMP architecture (Unet, UnetPlusPlus, FPN, DeepLabV3Plus, ...).")
 @click.option("--encoder", default=defaults.ENCODER, show_default=True, help="Any SMP encoder (resnet18, resnet34, efficientnet-b0, ...).")
 @click.option("--encoder-weights", default=None, type=click.Path(dir_okay=False), metavar="PATH",
@@ -71,11 +72,15 @@ def _step_every(ctx, param, value):
 @click.option("--log-json", type=click.Path(dir_okay=False), default=None, help="Append one JSON line per optimizer step to this file.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch.")
 @click.option("--quiet", is_flag=True, help="No progress bar or epoch lines (as the global -q).")
-def fit(scene, labels, output, extra, class_column, layer, mapping, background, all_touched, bands, preset, nodata, arch,
-        encoder, encoder_weights, tile, margin, stride, batch_size, epochs, max_steps, lr, optimizer, step_every, weighting,
+def fit(scene, labels, output, extra, class_column, layer, mapping, background, all_touched, bands, preset, nodata,
+        bbox, bbox_crs, aoi, arch, encoder, encoder_weights, tile, margin, stride, batch_size, epochs, max_steps, lr, optimizer, step_every, weighting,
         hard_mining, norm, precision, grad_checkpointing, no_augment, workers, seed, device, val_fraction,
         val_pair, log_json, resume, quiet):
-    """Train a segmentation model on SCENE with LABELS (vector file or label raster) and write a checkpoint."""
+    """Train a segmentation model on SCENE with LABELS (vector file or label raster) and write a checkpoint.
+
+    With --bbox or --aoi only the part of SCENE (and of each --add scene) that covers the area is trained on and
+    validated; windows at its edges still see the scene's pixels around it.
+    """
     import rs_pgd
 
     if quiet:
@@ -86,7 +91,8 @@ def fit(scene, labels, output, extra, class_column, layer, mapping, background, 
     label_files = [labels, *(pair[1] for pair in extra)]
     settings = dict(
         class_column=class_column, layer=layer, mapping=mapping, background=background, all_touched=all_touched,
-        bands=bands, preset=preset, nodata=nodata, arch=arch, encoder=encoder, encoder_weights=encoder_weights, tile=tile,
+        bands=bands, preset=preset, nodata=nodata, bbox=list(bbox) if bbox else None, bbox_crs=bbox_crs, aoi=aoi,
+        arch=arch, encoder=encoder, encoder_weights=encoder_weights, tile=tile,
         margin=margin, stride=stride, batch_size=batch_size, epochs=epochs, max_steps=max_steps, lr=lr, optimizer=optimizer,
         step_every=step_every, weighting=weighting, hard_mining=hard_mining, norm=norm, precision=precision,
         grad_checkpointing=grad_checkpointing, augment=not no_augment, workers=workers, seed=seed, device=device,

@@ -2,6 +2,8 @@
 
 import click
 
+from rs_pgd import defaults
+
 
 def _parse_bands(ctx, param, value):
     if value is None:
@@ -34,7 +36,8 @@ bands_opt = click.option(
 )
 preset_opt = click.option(
     "--preset", default=None, metavar="NAME",
-    help="Sensor preset with band names and scale/offset (generic, landsat-c2-l2, sentinel2-l2a, ...).",
+    help="Sensor preset with band names and scale/offset (generic, landsat-c2-l2, sentinel2-l2a, ...; from-scene: "
+         "each band's own scale/offset). Default: generic, or from-scene for a STAC item with raster:bands.",
 )
 class_column_opt = click.option(
     "--class-column", default=None, metavar="NAME", help="Attribute that holds the class (auto-detected if omitted)."
@@ -58,3 +61,23 @@ nodata_opt = click.option(
     "--nodata", type=float, default=None, metavar="VALUE",
     help="Stored value that means no data although the file does not say so (fill pixels, e.g. 0); nan allowed.",
 )
+
+
+def area_options(what: str, outcome: str = ""):
+    """``--bbox W S E N``, ``--bbox-crs`` and ``--aoi VECTOR``: the area a command works on (``what`` says what it
+    does there, e.g. "Predict" or "Train on"; ``outcome`` is a sentence added to --bbox's help). The library snaps
+    the area outward to the scene's pixels."""
+    bbox = click.option(
+        "--bbox", nargs=4, type=float, default=None, metavar="W S E N",
+        help=f"{what} only the windows that cover this box (in --bbox-crs), snapped outward to the scene's pixels."
+             + (f" {outcome}" if outcome else ""),
+    )
+    bbox_crs = click.option("--bbox-crs", default=defaults.BBOX_CRS, show_default=True, metavar="CRS",
+                            help="CRS of --bbox (EPSG code, WKT or PROJ string).")
+    aoi = click.option("--aoi", type=click.Path(dir_okay=False), default=None, metavar="VECTOR",
+                       help=f"{what} only the bounding box of this vector file's features (GPKG, GeoJSON, ...).")
+
+    def decorate(command):
+        return bbox(bbox_crs(aoi(command)))
+
+    return decorate

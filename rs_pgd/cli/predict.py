@@ -29,11 +29,7 @@ from rs_pgd.cli.config_file import config_options
 @click.option("--bands", callback=options._parse_bands, default=None, metavar="LIST",
               help="The scene's bands to feed the model (e.g. 4,3,2 or band names), when its band count differs "
                    "from the training scenes'. Default: the training bands.")
-@click.option("--bbox", nargs=4, type=float, default=None, metavar="W S E N",
-              help="Predict only this area (in --bbox-crs); the output covers it, snapped to the scene's pixels.")
-@click.option("--bbox-crs", default=defaults.BBOX_CRS, show_default=True, help="CRS of --bbox.")
-@click.option("--aoi", type=click.Path(dir_okay=False), default=None, metavar="VECTOR",
-              help="Predict only the bounding box of this vector file's features.")
+@options.area_options("Predict", "The output covers just that area.")
 @click.option("--no-cog", is_flag=True, help="Write a plain tiled GeoTIFF instead of a Cloud Optimized GeoTIFF.")
 @options.workers_opt
 @options.device_opt

@@ -4,7 +4,8 @@
 API and the items of three collections, laid out as Earth Search v1 (``sentinel-2-l2a``: asset keys ``blue``,
 ``red``, ``rededge1``, ...; ``s2:processing_baseline``) and the Planetary Computer (``landsat-c2-l2``: keys
 ``blue``, ``nir08``, ``qa_pixel``, platforms; ``esa-worldcover``: asset ``map``) lay them out, with every href
-rewritten to ``{SERVER}/files/<name>.tif``. The tests serve them from a local HTTP server
+rewritten to ``{SERVER}/files/<name>.tif``, and each asset's ``raster:bands`` (nodata, scale, offset) as the two
+APIs publish them. The tests serve them from a local HTTP server
 (:mod:`stac_server`), which fills in ``{SERVER}``; :func:`write_cogs` writes the COGs those hrefs name, whose
 pixel values say which item, band and pixel they come from, so a test can tell exactly what was read.
 
@@ -69,21 +70,37 @@ def _feature(item_id, collection, ring, props, assets):
     return {
         "type": "Feature", "stac_version": "1.0.0", "id": item_id, "collection": collection,
         "stac_extensions": ["https://stac-extensions.github.io/eo/v1.1.0/schema.json",
-                            "https://stac-extensions.github.io/projection/v1.1.0/schema.json"],
+                            "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
+                            "https://stac-extensions.github.io/raster/v1.1.0/schema.json"],
         "geometry": {"type": "Polygon", "coordinates": [ring]},
         "bbox": [min(lons), min(lats), max(lons), max(lats)],
         "properties": props, "assets": assets, "links": [],
     }
 
 
-def _asset(name, eo_name=None, common=None, gsd=None):
+def _asset(name, eo_name=None, common=None, gsd=None, raster=None):
     asset = {"href": "{SERVER}/files/" + name + ".tif",
              "type": "image/tiff; application=geotiff; profile=cloud-optimized", "roles": ["data"]}
     if eo_name:
         asset["eo:bands"] = [{"name": eo_name, **({"common_name": common} if common else {})}]
     if gsd:
         asset["gsd"] = gsd
+    if raster:
+        asset["raster:bands"] = [raster]
     return asset
+
+
+def _s2_raster(res, baseline):
+    """Earth Search v1's ``raster:bands`` of an L2A reflectance asset: the -0.1 offset from baseline 04.00 on."""
+    return {"nodata": 0, "data_type": "uint16", "bits_per_sample": 15, "spatial_resolution": res, "scale": 0.0001,
+            "offset": -0.1 if baseline >= "04.00" else 0.0}
+
+
+def _ls_raster(key):
+    """The Planetary Computer's ``raster:bands`` of a Landsat C2 L2 asset (surface reflectance or QA bits)."""
+    if key == "qa_pixel":
+        return {"unit": "bit index", "nodata": 1, "data_type": "uint16", "spatial_resolution": 30}
+    return {"scale": 2.75e-05, "nodata": 0, "offset": -0.2, "data_type": "uint16", "spatial_resolution": 30}
 
 
 def s2_items():
@@ -94,8 +111,9 @@ def s2_items():
         date = f"{item_id[10:14]}-{item_id[14:16]}-{item_id[16:18]}T10:36:14.123000Z"
         props = {"datetime": date, "platform": "sentinel-2" + item_id[2].lower(), "eo:cloud_cover": cloud,
                  "proj:epsg": 32632, "s2:processing_baseline": baseline, "earthsearch:boa_offset_applied": False}
-        assets = {key: _asset(f"s2_{i}_{key}", name, key, res) for key, (name, res) in S2_BANDS.items()}
-        assets["scl"] = _asset(f"s2_{i}_blue")  # present, not read by the tests
+        assets = {key: _asset(f"s2_{i}_{key}", name, key, res, _s2_raster(res, baseline))
+                  for key, (name, res) in S2_BANDS.items()}
+        assets["scl"] = _asset(f"s2_{i}_blue", raster={"nodata": 0, "data_type": "uint8", "spatial_resolution": 20})
         assets["thumbnail"] = {"href": "{SERVER}/files/thumb.jpg", "type": "image/jpeg", "roles": ["thumbnail"]}
         feats.append(_feature(item_id, "sentinel-2-l2a", ring, props, assets))
     return feats
@@ -108,7 +126,7 @@ def ls_items():
         date = f"{item_id[17:21]}-{item_id[21:23]}-{item_id[23:25]}T10:20:00.000000Z"
         props = {"datetime": date, "platform": platform, "eo:cloud_cover": cloud, "proj:epsg": 32632,
                  "landsat:collection_number": "02", "landsat:correction": "L2SP"}
-        assets = {key: _asset(f"ls_{i}_{key}", name, None if key == "qa_pixel" else key, 30)
+        assets = {key: _asset(f"ls_{i}_{key}", name, None if key == "qa_pixel" else key, 30, _ls_raster(key))
                   for key, name in LS_BANDS.items()}
         feats.append(_feature(item_id, "landsat-c2-l2", ring, props, assets))
     return feats
