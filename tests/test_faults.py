@@ -213,9 +213,13 @@ def _predict_into(reference, target, cwd, preexec_fn=None):
 
 
 def _one_error_line(done, *fragments):
-    """Exit 2 and exactly one stderr line, ours: libtiff's own '_tiffWriteProc: ...' lines must not come first."""
+    """Exit 2 and exactly one stderr line, ours: libtiff's own '_tiffWriteProc: ...' lines must not come first.
+
+    The model was trained on the generated 30 m scene and predicts the 300 m demo scene, so predict's scene check
+    rightly warns about the pixel size first; that one expected ``Warning:`` line is set aside."""
     assert done.returncode == 2, done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    lines = [line for line in done.stderr.splitlines() if line.strip()
+             and not (line.startswith("Warning: ") and "pixels but the model was trained on 30 pixels" in line)]
     assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
     assert all(fragment in lines[0] for fragment in fragments), lines[0]
 
