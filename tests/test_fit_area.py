@@ -298,7 +298,7 @@ def test_fit_on_a_stac_item_takes_the_preset_from_its_raster_bands(served_item, 
     reader = SceneReader(item, bands=list(meta.bands), preset=meta.preset)
     assert (reader.preset.scale, reader.preset.offset) == (0.0001, -0.1)
     # a copy of the item's stored values without scale/offset is refused by predict's preflight, in one line
-    assert preflight_predict(tmp_path / "m.safetensors", item, tmp_path / "out.tif")["preset"] == "from-scene"
+    assert preflight_predict(tmp_path / "m.safetensors", item, tmp_path / "out.tif").meta.preset == "from-scene"
     ds = SceneReader(item, preset="generic").dataset  # the item's bands as stored (the VRT of its assets)
     with rasterio.open(tmp_path / "dn.tif", "w", driver="GTiff", width=ds.width, height=ds.height, count=ds.count,
                        dtype="uint16", crs=ds.crs, transform=ds.transform, nodata=0) as dst:
