@@ -73,7 +73,7 @@ class Backend:
 def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=defaults.BLEND, probabilities=None,
             probability_dtype=defaults.PROBABILITY_DTYPE, preview=None, batch_size=None, device=defaults.DEVICE,
             precision=defaults.PRECISION, workers=None, cog=True, progress=True, nodata=None, bbox=None,
-            bbox_crs=defaults.BBOX_CRS, aoi=None, bands=None) -> PredictResult:
+            bbox_crs=defaults.BBOX_CRS, aoi=None, bands=None, threads=defaults.THREADS) -> PredictResult:
     """Predict a class map for ``scene`` with the checkpoint ``model`` and write it to ``output``.
 
     Parameters
@@ -101,9 +101,10 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
         Write a PNG quick-look (input beside the class map, with a legend).
     batch_size : int, optional
         Windows per forward pass; default 1 on CPU (batching adds memory, not throughput), 8 on CUDA.
-    device, precision, workers
-        As in :func:`rs_pgd.fit`. For an ONNX model: onnxruntime's CUDA provider or the CPU, float32 only, and
-        windows read in this process (``workers`` is not used).
+    device, precision, workers, threads
+        As in :func:`rs_pgd.fit`. For an ONNX model: onnxruntime's CUDA provider or the CPU, float32 only,
+        ``threads`` onnxruntime's intra-op threads (not spinning when idle), and windows read in this process
+        (``workers`` is not used).
     cog : bool
         Write a Cloud Optimized GeoTIFF (tiled, DEFLATE, mode overviews); otherwise a tiled GeoTIFF.
     nodata : float, optional
@@ -122,8 +123,10 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
 
     from rs_pgd.config import plan_scene, preflight_predict
     from rs_pgd.onnx_backend import is_onnx_path
+    from rs_pgd.runtime import choose_threads, log_threads, parse_threads, torch_threads
 
     started = time.perf_counter()
+    threads = parse_threads(threads)
     plan = preflight_predict(model, scene, output, probabilities=probabilities, preview=preview, blend=blend,
                              tile=tile, margin=margin, stride=stride, bands=bands, batch_size=batch_size,
                              workers=workers, cog=cog)
@@ -131,12 +134,18 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     if is_onnx_path(model):
         from rs_pgd.onnx_backend import onnx_backend
 
-        backend = onnx_backend(model, device=device, precision=precision, batch_size=batch_size)
+        choice = choose_threads(threads)
+        backend = onnx_backend(model, device=device, precision=precision, batch_size=batch_size,
+                               threads=choice.threads, spinning=not choice.environment)
+        log_threads(choice)
         plan = plan_scene(backend.meta, plan.info, model, bands)  # its metadata, read by onnxruntime
-    else:
+        return _predict_windows(backend, plan, model, scene, output, tile, margin, stride, blend, probabilities,
+                                probability_dtype, preview, cog, progress, started, nodata, window)
+    with torch_threads(threads, log=False) as choice:  # before torch: its OpenMP runtime reads the wait policy
         backend = _torch_backend(model, device, precision, batch_size, workers)
-    return _predict_windows(backend, plan, model, scene, output, tile, margin, stride, blend, probabilities,
-                            probability_dtype, preview, cog, progress, started, nodata, window)
+        log_threads(choice)
+        return _predict_windows(backend, plan, model, scene, output, tile, margin, stride, blend, probabilities,
+                                probability_dtype, preview, cog, progress, started, nodata, window)
 
 
 def _predict_windows(backend: Backend, plan, model, scene, output, tile, margin, stride, blend, probabilities,

@@ -441,7 +441,8 @@ class Trainer:
             return
         saved = json.loads(state["config_json"])
         now = _jsonable(asdict(self.config))
-        changed = sorted(k for k in now if k not in ("epochs", "max_steps", "progress", "workers", "log_json")
+        changed = sorted(k for k in now if k not in ("epochs", "max_steps", "progress", "workers", "threads",
+                                                    "log_json")
                          and saved.get(k) != now[k])
         if changed:
             raise TrainingError(f"--resume with changed options {changed}; use the options of the first run")
