@@ -57,4 +57,5 @@ def predict(model, scene, output, tile, margin, stride, blend, probabilities, pr
         precision=precision, workers=workers, threads=threads, cog=not no_cog, progress=not quiet, nodata=nodata,
         bbox=bbox, bbox_crs=bbox_crs, aoi=aoi, bands=bands,
     )
-    click.echo(f"wrote {result.output} ({result.windows} windows, {result.seconds:.1f} s)")
+    if result.written:  # under torchrun only rank 0 writes
+        click.echo(f"wrote {result.output} ({result.windows} windows, {result.seconds:.1f} s)")
