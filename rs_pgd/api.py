@@ -42,9 +42,12 @@ def fit(scenes, labels, output="model.safetensors", *, resume=False, model=None,
     scenes = _as_list(scenes)
     labels = _as_list(labels)
     config = preflight_fit(scenes, labels, output, options)
-    from rs_pgd.train import train
+    from rs_pgd.runtime import torch_threads
 
-    return train(scenes, labels, Path(output), config, resume=resume, model=model)
+    with torch_threads(config.threads):  # before torch is imported: the OpenMP wait policy is read at its start
+        from rs_pgd.train import train
+
+        return train(scenes, labels, Path(output), config, resume=resume, model=model)
 
 
 def _as_list(paths) -> list:

@@ -57,6 +57,7 @@ class FitConfig:
     workers: int | None = None
     seed: int = defaults.SEED
     device: str = defaults.DEVICE
+    threads: int | str = defaults.THREADS
     val_fraction: float = defaults.VAL_FRACTION
     val_scene: str | None = None
     val_labels: str | None = None
@@ -109,6 +110,9 @@ def _validate_config(c: FitConfig) -> None:
         raise TrainingError("--max-steps must be at least 1")
     if c.lr <= 0:
         raise TrainingError("--lr must be positive")
+    from rs_pgd.runtime import parse_threads
+
+    c.threads = parse_threads(c.threads)
     validate_geometry(c.tile, c.margin, c.stride)
     if c.bbox is not None:
         c.bbox = _check_bbox(c.bbox)

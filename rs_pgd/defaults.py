@@ -25,6 +25,7 @@ PRECISIONS = ("auto", "32", "bf16", "16-mixed")
 VAL_FRACTION = 0.2
 SEED = 0
 DEVICE = "auto"
+THREADS = "auto"
 STATS_WINDOWS = 64
 
 # prediction (rs_pgd.predict and rs-pgd predict; the window geometry comes from the checkpoint)

@@ -49,6 +49,10 @@ class DeviceError(RsPgdError, RuntimeError):
     """A requested device (e.g. CUDA) that is not available."""
 
 
+class DistributedError(RsPgdError, RuntimeError):
+    """A torchrun rank lost its peers (one of them stopped), or the ranks disagree."""
+
+
 class TrainingError(RsPgdError, RuntimeError):
     """Training cannot go on (e.g. the loss became NaN)."""
 

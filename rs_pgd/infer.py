@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from rs_pgd import defaults
-from rs_pgd.errors import CheckpointError, RsPgdError
+from rs_pgd.errors import CheckpointError, OptionError, RsPgdError
 from rs_pgd.grid import WindowGrid
 from rs_pgd.raster import gdal_env
 
@@ -41,6 +41,7 @@ class PredictResult:
     seconds: float
     tile: int = 0
     margin: int = 0
+    written: bool = True  # False on torchrun ranks other than 0, which compute rows but write nothing
 
 
 @dataclass
@@ -73,7 +74,7 @@ class Backend:
 def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=defaults.BLEND, probabilities=None,
             probability_dtype=defaults.PROBABILITY_DTYPE, preview=None, batch_size=None, device=defaults.DEVICE,
             precision=defaults.PRECISION, workers=None, cog=True, progress=True, nodata=None, bbox=None,
-            bbox_crs=defaults.BBOX_CRS, aoi=None, bands=None) -> PredictResult:
+            bbox_crs=defaults.BBOX_CRS, aoi=None, bands=None, threads=defaults.THREADS) -> PredictResult:
     """Predict a class map for ``scene`` with the checkpoint ``model`` and write it to ``output``.
 
     Parameters
@@ -101,9 +102,10 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
         Write a PNG quick-look (input beside the class map, with a legend).
     batch_size : int, optional
         Windows per forward pass; default 1 on CPU (batching adds memory, not throughput), 8 on CUDA.
-    device, precision, workers
-        As in :func:`rs_pgd.fit`. For an ONNX model: onnxruntime's CUDA provider or the CPU, float32 only, and
-        windows read in this process (``workers`` is not used).
+    device, precision, workers, threads
+        As in :func:`rs_pgd.fit`. For an ONNX model: onnxruntime's CUDA provider or the CPU, float32 only,
+        ``threads`` onnxruntime's intra-op threads (not spinning when idle), and windows read in this process
+        (``workers`` is not used).
     cog : bool
         Write a Cloud Optimized GeoTIFF (tiled, DEFLATE, mode overviews); otherwise a tiled GeoTIFF.
     nodata : float, optional
@@ -122,25 +124,39 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
 
     from rs_pgd.config import plan_scene, preflight_predict
     from rs_pgd.onnx_backend import is_onnx_path
+    from rs_pgd.runtime import choose_threads, log_threads, parse_threads, torch_threads
 
     started = time.perf_counter()
+    threads = parse_threads(threads)
     plan = preflight_predict(model, scene, output, probabilities=probabilities, preview=preview, blend=blend,
                              tile=tile, margin=margin, stride=stride, bands=bands, batch_size=batch_size,
                              workers=workers, cog=cog, bbox=bbox, bbox_crs=bbox_crs, aoi=aoi)
     if is_onnx_path(model):
         from rs_pgd.onnx_backend import onnx_backend
 
-        backend = onnx_backend(model, device=device, precision=precision, batch_size=batch_size)
+        if _world_size() > 1:
+            raise OptionError("torchrun predict runs torch checkpoints; give the .safetensors model, or run an "
+                              "ONNX model in one process")
+        choice = choose_threads(threads)
+        backend = onnx_backend(model, device=device, precision=precision, batch_size=batch_size,
+                               threads=choice.threads, spinning=not choice.environment)
+        log_threads(choice)
         plan = plan_scene(backend.meta, plan.info, model, bands, plan.window)  # its metadata, read by onnxruntime
-    else:
+        return _predict_windows(backend, plan, model, scene, output, tile, margin, stride, blend, probabilities,
+                                probability_dtype, preview, cog, progress, started, nodata, plan.window)
+    with torch_threads(threads, log=False) as choice:  # before torch: its OpenMP runtime reads the wait policy
         backend = _torch_backend(model, device, precision, batch_size, workers)
-    return _predict_windows(backend, plan, model, scene, output, tile, margin, stride, blend, probabilities,
-                            probability_dtype, preview, cog, progress, started, nodata, plan.window)
+        log_threads(choice)
+        return _predict_windows(backend, plan, model, scene, output, tile, margin, stride, blend, probabilities,
+                                probability_dtype, preview, cog, progress, started, nodata, plan.window)
 
 
 def _predict_windows(backend: Backend, plan, model, scene, output, tile, margin, stride, blend, probabilities,
                      probability_dtype, preview, cog, progress, started, nodata=None, window=None) -> PredictResult:
-    """The window loop shared by every backend: read, run ``backend.forward``, stitch, write."""
+    """The window loop shared by every backend: read, run ``backend.forward``, stitch, write.
+
+    Under torchrun (a torch backend) the ranks share the grid rows and rank 0 alone stitches and writes
+    (:class:`rs_pgd.distributed.RowExchange`)."""
     import time
 
     from rs_pgd.output import StreamingClassWriter, StreamingProbabilityWriter
@@ -154,25 +170,30 @@ def _predict_windows(backend: Backend, plan, model, scene, output, tile, margin,
     k = classes.num_classes
     values = np.asarray(classes.values, dtype=np.uint8)
     stitcher = RowStitcher(grid, k + 1, blend=blend, dtype=np.float32)
-    batches = backend.batches(reader, grid, meta.band_stats())
+    exchange = _row_exchange(grid, k + 1)  # under torchrun: this rank's rows; rank 0 gathers, stitches, writes
+    ran = [0]
+    outputs = _window_outputs(backend, reader, grid, k, exchange, ran)
+    if exchange is not None and not exchange.is_main:
+        exchange.send(outputs)
+        windows_run = exchange.total(ran[0])
+        exchange.dist.close()
+        return PredictResult(Path(output), Path(probabilities) if probabilities else None, None, len(grid),
+                             windows_run, time.perf_counter() - started, grid.tile, grid.margin, written=False)
     class_writer = StreamingClassWriter(output, _profile(reader), classes, cog=cog, inputs=[model, scene])
     prob_writer = None
     try:
         if probabilities is not None:
             prob_writer = StreamingProbabilityWriter(probabilities, _profile(reader), classes, dtype=probability_dtype,
                                                      cog=cog, inputs=[model, scene, output])
-        windows_run = 0
         bar = _progress(len(grid), progress)
-        for window_indexes, images, valid in batches:
-            outputs, ran = _run_batch(backend.forward, images, valid, k)
-            windows_run += ran
-            for window_index, out in zip(window_indexes, outputs):
-                for band in stitcher.add(grid.window(window_index), out):
-                    _write_band(band, values, class_writer, prob_writer)
-            bar.update(len(outputs))
+        for window_index, out in outputs:
+            for band in stitcher.add(grid.window(window_index), out):
+                _write_band(band, values, class_writer, prob_writer)
+            bar.update(1)
         for band in stitcher.flush():
             _write_band(band, values, class_writer, prob_writer)
         bar.close()
+        windows_run = ran[0] if exchange is None else exchange.total(ran[0])
         class_writer.close()
         if prob_writer is not None:
             prob_writer.close()
@@ -181,6 +202,8 @@ def _predict_windows(backend: Backend, plan, model, scene, output, tile, margin,
         if prob_writer is not None:
             prob_writer.abort()
         raise
+    if exchange is not None:
+        exchange.dist.close()
     preview_path = None
     if preview is not None:
         from rs_pgd.preview import write_preview
@@ -190,13 +213,52 @@ def _predict_windows(backend: Backend, plan, model, scene, output, tile, margin,
                          windows_run, time.perf_counter() - started, grid.tile, grid.margin)
 
 
+def _window_outputs(backend, reader, grid, k: int, exchange, ran: list):
+    """``(window index, output)`` for every window, in grid order: all of them in one process; under torchrun this
+    rank's rows, or on rank 0 every row (its own and the others', :meth:`RowExchange.gather`). ``ran[0]`` counts
+    this rank's windows that went through the model (see :func:`_run_batch`)."""
+    stats = backend.meta.band_stats()
+    if exchange is None:
+        batches = backend.batches(reader, grid, stats)
+    else:
+        batches = backend.batches(reader, grid, stats, windows=exchange.mine)
+
+    def mine():
+        for window_indexes, images, valid in batches:
+            outputs, count = _run_batch(backend.forward, images, valid, k)
+            ran[0] += count
+            yield from zip(window_indexes, outputs)
+
+    return exchange.gather(mine()) if exchange is not None and exchange.is_main else mine()
+
+
+def _world_size() -> int:
+    import os
+
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def _row_exchange(grid, channels: int):
+    """Under torchrun, this rank's :class:`rs_pgd.distributed.RowExchange` (gloo); None in one process."""
+    if _world_size() <= 1:
+        return None
+    from rs_pgd.distributed import RowExchange, init_distributed
+
+    dist = init_distributed("cpu", backend="gloo")  # the rows travel as CPU tensors, also between GPU ranks
+    return RowExchange(dist, grid, channels) if dist.enabled else None
+
+
 def _torch_backend(model, device, precision, batch_size, workers) -> Backend:
     """A checkpoint run with torch: the model on ``device`` at ``precision``, windows from a DataLoader."""
     from rs_pgd.config import inference_geometry
+    from rs_pgd.distributed import local_device
     from rs_pgd.models import model_from_checkpoint
     from rs_pgd.runtime import default_workers, resolve_device, resolve_precision
 
-    dev = resolve_device(device)
+    dev = local_device(resolve_device(device))  # under torchrun, the GPU of LOCAL_RANK
     choice = resolve_precision(precision, dev)
     prec = choice.precision
     logger.info("precision %s (%s)", prec, choice.reason)
@@ -205,11 +267,11 @@ def _torch_backend(model, device, precision, batch_size, workers) -> Backend:
         batch_size = 8 if dev.type == "cuda" else 1  # on CPU batching adds no throughput, only memory
     workers = default_workers(dev) if workers is None else workers
 
-    def batches(reader, grid, stats):
+    def batches(reader, grid, stats, windows=None):
         from rs_pgd.dataset import SceneSource
 
         source = SceneSource(reader, None, grid, stats)
-        for batch in _window_loader(source, grid, batch_size, workers):
+        for batch in _window_loader(source, grid, batch_size, workers, windows):
             yield batch["window"].tolist(), batch["image"].numpy(), (batch["weight"] > 0).numpy()
 
     def geometry(tile, margin, stride):
@@ -248,15 +310,27 @@ def _profile(reader) -> dict:
     return {"width": reader.width, "height": reader.height, "crs": reader.crs, "transform": reader.transform}
 
 
-def _window_loader(source, grid, batch_size: int, workers: int):
+def _window_loader(source, grid, batch_size: int, workers: int, windows=None):
+    """Batches of the grid's windows (or of ``windows``, indexes in grid order) that never straddle two grid rows,
+    so that each window meets the model in the same batch however the rows are shared among torchrun ranks."""
     import torch
 
     from rs_pgd.dataset import WindowDataset
 
-    items = [(0, w.index) for w in grid]
+    indexes = list(range(len(grid))) if windows is None else list(windows)
+    items = [(0, i) for i in indexes]
     dataset = WindowDataset([source], items, weight_kind="uniform")
-    workers = min(workers, max(len(items) // max(batch_size, 1), 0))
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+    cols = grid.shape[1]
+    sampler, start = [], 0
+    while start < len(indexes):
+        row = indexes[start] // cols
+        stop = start
+        while stop < len(indexes) and stop - start < batch_size and indexes[stop] // cols == row:
+            stop += 1
+        sampler.append(list(range(start, stop)))
+        start = stop
+    workers = min(workers, max(len(indexes) // max(batch_size, 1), 0))
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                                        prefetch_factor=4 if workers else None)
 
 

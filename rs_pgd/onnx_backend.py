@@ -43,8 +43,10 @@ def import_onnxruntime():
     return onnxruntime
 
 
-def load_session(path, device: str = "cpu"):
-    """An onnxruntime ``InferenceSession`` for the ONNX file at ``path`` on ``device`` (auto, cpu or cuda)."""
+def load_session(path, device: str = "cpu", threads: int | None = None, spinning: bool = True):
+    """An onnxruntime ``InferenceSession`` for the ONNX file at ``path`` on ``device`` (auto, cpu or cuda), with
+    ``threads`` intra-op threads (default: ``OMP_NUM_THREADS`` when set, else onnxruntime's) that spin while idle
+    only with ``spinning``."""
     ort = import_onnxruntime()
     path = Path(path)
     if not path.is_file():
@@ -52,9 +54,13 @@ def load_session(path, device: str = "cpu"):
     providers = _providers(ort, device)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: no warnings about unused initialisers on stderr
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    if threads.isdigit() and int(threads) > 0:  # the variable torch also follows; else onnxruntime's default
+    if threads is None:
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(threads) if threads.isdigit() else None  # the variable torch also follows
+    if threads:
         options.intra_op_num_threads = int(threads)
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types for unreadable files
@@ -95,7 +101,8 @@ def read_onnx_meta(session, path) -> dict:
     return CheckpointMeta.from_dict(meta, Path(path).name)
 
 
-def onnx_backend(path, device: str = "auto", precision: str = "auto", batch_size: int | None = None):
+def onnx_backend(path, device: str = "auto", precision: str = "auto", batch_size: int | None = None,
+                 threads: int | None = None, spinning: bool = True):
     """A :class:`rs_pgd.infer.Backend` that runs the exported model at ``path`` with onnxruntime.
 
     Parameters
@@ -108,12 +115,14 @@ def onnx_backend(path, device: str = "auto", precision: str = "auto", batch_size
         ONNX models run in float32; other precisions are refused.
     batch_size : int, optional
         Windows per run; default 1 (the CPU gains no throughput from batching).
+    threads, spinning
+        onnxruntime's intra-op threads and whether they spin while idle (see :func:`load_session`).
     """
     from rs_pgd.infer import Backend
 
     if precision not in ("auto", "32"):
         raise ModelError(f"an ONNX model runs in float32, not {precision}; drop --precision or give --precision 32")
-    session = load_session(path, device)
+    session = load_session(path, device, threads, spinning)
     meta = read_onnx_meta(session, path)
     inputs = session.get_inputs()
     name, window = inputs[0].name, int(meta.export["window"])

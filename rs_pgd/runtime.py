@@ -1,4 +1,4 @@
-"""Where and how the model runs: device, numeric precision, loader workers.
+"""Where and how the model runs: device, numeric precision, CPU threads, loader workers.
 
 Used by training and inference alike. Importing this module does not import torch; the functions that need it
 import it inside.
@@ -14,20 +14,35 @@ Precision ``auto`` picks bfloat16 autocast only where it is fast:
 
 ``RS_PGD_CPU_BF16=1`` or ``0`` overrides the CPU detection (for a CPU this module misjudges). oneDNN's
 ``ONEDNN_MAX_CPU_ISA`` set below ``AVX512_CORE_BF16`` counts as no native bf16.
+
+Threads ``auto`` (:func:`choose_threads`): ``OMP_NUM_THREADS`` when set; otherwise the physical cores this process
+may run on (its CPU affinity, a cgroup CPU quota), divided among torchrun's local ranks, less the cores that other
+processes keep busy (the 1-minute load average minus this process's own share, or the tasks runnable right now if
+more). Torch's default, one thread per core whatever else runs, made a training step 5x slower than one thread on
+a loaded 2-core machine (docs/benchmarks.md). Idle OpenMP threads sleep instead of spinning
+(``OMP_WAIT_POLICY=PASSIVE``, ``KMP_BLOCKTIME=0``, set before torch starts its thread pool and only where the user
+has not set them), so a process that starts competing later costs less.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import math
 import operator
 import os
 import platform
+import statistics
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from rs_pgd.errors import DeviceError, OptionError
+
+logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "32", "bf16", "16-mixed")
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -101,6 +116,251 @@ def check_loader_options(batch_size: int | None = None, workers: int | None = No
             raise OptionError(f"--{name} {value!r} must be a whole number") from None
         if number < low:
             raise OptionError(f"--{name} {number} {rule}")
+
+
+# -- threads ------------------------------------------------------------------------------------------------
+THREADS_AUTO = "auto"
+WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+"""Idle OpenMP threads sleep at once: the OpenMP standard's variable (GNU libgomp, which torch's Linux wheels use,
+and LLVM/Intel OpenMP) and Intel OpenMP's own spin time. Read by the OpenMP runtime when torch loads it."""
+WAIT_VARIABLES = ("OMP_WAIT_POLICY", "KMP_BLOCKTIME", "GOMP_SPINCOUNT")
+"""Set by the user, any of these leaves the OpenMP wait policy to them."""
+
+
+@dataclass(frozen=True)
+class CpuLoad:
+    """What ``--threads auto`` looks at: the cores this process may use and how busy other processes keep them.
+
+    Attributes
+    ----------
+    cores : int
+        Physical cores available to this process (affinity, hyperthread siblings counted once, cgroup quota).
+    cores_reason : str
+        How ``cores`` was found, for the log.
+    load1 : float or None
+        The 1-minute load average (None where the system has none).
+    own : float
+        This process's own share of ``load1`` (its CPU time so far, damped as the load average damps it).
+    running : int or None
+        Other tasks runnable right now (median of a few samples of ``/proc/loadavg``), None where unknown.
+    """
+
+    cores: int
+    cores_reason: str
+    load1: float | None = None
+    own: float = 0.0
+    running: int | None = None
+
+    @property
+    def busy(self) -> float:
+        """Cores that other processes keep busy: the larger of the load average's and the instant's view."""
+        averaged = max(0.0, self.load1 - self.own) if self.load1 is not None else 0.0
+        return max(averaged, float(self.running or 0))
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """The intra-op thread count a run uses, why, and the OpenMP settings rs-pgd put in the environment."""
+
+    threads: int
+    reason: str
+    environment: tuple = ()
+
+    def to_dict(self) -> dict:
+        return {"threads": self.threads, "reason": self.reason, "environment": dict(self.environment)}
+
+
+def parse_threads(value) -> int | str:
+    """``auto`` or a whole number of threads >= 1 (also as a string); anything else is an :class:`OptionError`."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == THREADS_AUTO:
+            return THREADS_AUTO
+        if not text.lstrip("+").isdigit():
+            raise OptionError(f"--threads {value!r} must be a whole number of threads or auto")
+        value = int(text)
+    if isinstance(value, bool):
+        raise OptionError(f"--threads {value!r} must be a whole number of threads or auto")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise OptionError(f"--threads {value!r} must be a whole number of threads or auto") from None
+    if number < 1:
+        raise OptionError(f"--threads {number} must be at least 1 (or auto: the free physical cores)")
+    return number
+
+
+def choose_threads(requested, load: CpuLoad | None = None, env: Mapping | None = None) -> ThreadChoice:
+    """The intra-op thread count to run with, and why (see the module docstring for the ``auto`` rules).
+
+    Parameters
+    ----------
+    requested : int or str
+        A number of threads, or ``auto``.
+    load : CpuLoad, optional
+        The cores and their load; measured (:func:`cpu_load`) when ``auto`` needs it and it is not given.
+    env : mapping, optional
+        The environment (default ``os.environ``): ``OMP_NUM_THREADS``, torchrun's ``LOCAL_WORLD_SIZE`` and the
+        OpenMP wait variables.
+
+    Returns
+    -------
+    ThreadChoice
+        ``environment`` holds the wait-policy variables to set (none where the user set any of them).
+    """
+    env = os.environ if env is None else env
+    requested = parse_threads(requested)
+    wait = () if any(name in env for name in WAIT_VARIABLES) else tuple(WAIT_POLICY.items())
+    if requested != THREADS_AUTO:
+        return ThreadChoice(requested, f"--threads {requested} was asked for", wait)
+    omp = str(env.get("OMP_NUM_THREADS", "")).strip()
+    if omp.isdigit() and int(omp) > 0:
+        return ThreadChoice(int(omp), f"auto: OMP_NUM_THREADS={int(omp)} is set", wait)
+    load = load if load is not None else cpu_load()
+    local = str(env.get("LOCAL_WORLD_SIZE", "1")).strip()
+    ranks = int(local) if local.isdigit() and int(local) > 0 else 1
+    busy = load.busy
+    taken = min(load.cores - 1, int(busy + 0.5)) if load.cores > 1 else 0  # at least one core is ours
+    threads = max(1, (load.cores - taken) // ranks)
+    parts = [load.cores_reason]
+    if load.load1 is not None:
+        seen = f"1-min load {load.load1:.1f}, {load.own:.1f} of it this process"
+        if load.running is not None:
+            seen += f", {load.running} other task{'s' if load.running != 1 else ''} runnable now"
+        parts.append(f"{busy:.1f} busy with other work ({seen})")
+    if ranks > 1:
+        parts.append(f"shared by {ranks} torchrun ranks")
+    return ThreadChoice(threads, "auto: " + "; ".join(parts), wait)
+
+
+def cpu_load() -> CpuLoad:
+    """This machine's cores available to this process and how busy other processes keep them, now."""
+    cores, reason = available_cores()
+    load1 = None
+    with contextlib.suppress(OSError, AttributeError):
+        load1 = float(os.getloadavg()[0])
+    return CpuLoad(cores, reason, load1, _own_load() if load1 is not None else 0.0, _runnable_others())
+
+
+def available_cores() -> tuple[int, str]:
+    """Physical cores this process may run on, and how that was found (affinity, topology, cgroup quota)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+        where = "in this process's CPU affinity"
+    except (AttributeError, OSError):
+        cpus = list(range(os.cpu_count() or 1))
+        where = "on this machine"
+    physical = _physical_cores(cpus)
+    count, reason = (physical, f"{physical} physical core{'s' if physical != 1 else ''} {where}")
+    if physical < len(cpus):
+        reason += f" ({len(cpus)} logical)"
+    quota = _cgroup_cpu_quota()
+    if quota is not None and quota < count:
+        count, reason = quota, f"{reason}, {quota} by the cgroup's CPU quota"
+    return max(1, count), reason
+
+
+def _physical_cores(cpus: list[int], root: str = "/sys/devices/system/cpu") -> int:
+    """Distinct (package, core) pairs among ``cpus`` (Linux sysfs); the logical count where topology is unknown."""
+    cores = set()
+    for cpu in cpus:
+        base = Path(root) / f"cpu{cpu}" / "topology"
+        try:
+            cores.add((base.joinpath("physical_package_id").read_text().strip(),
+                       base.joinpath("core_id").read_text().strip()))
+        except OSError:
+            return len(cpus)
+    return len(cores) or len(cpus)
+
+
+def _cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> int | None:
+    """Whole CPUs allowed by a cgroup quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), rounded up; None if none."""
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path(root, "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+    with contextlib.suppress(OSError, ValueError):
+        quota = int(Path(root, "cpu", "cpu.cfs_quota_us").read_text())
+        period = int(Path(root, "cpu", "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 else max(1, math.ceil(quota / period))
+    return None
+
+
+def _own_load() -> float:
+    """This process's share of the 1-minute load average: its mean CPU use since it started, damped as the
+    kernel damps the average (a process that started t seconds ago has raised it by at most 1 - exp(-t/60))."""
+    times = os.times()
+    used = times.user + times.system
+    elapsed = _process_age()
+    if elapsed is None or elapsed <= 0:
+        return 0.0
+    return (used / elapsed) * (1.0 - math.exp(-elapsed / 60.0))
+
+
+def _process_age() -> float | None:
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def _runnable_others(samples: int = 5, interval: float = 0.01) -> int | None:
+    """Tasks runnable now besides this one: median of ``/proc/loadavg``'s running count over a few samples."""
+    counts = []
+    for k in range(samples):
+        try:
+            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        counts.append(max(0, running - 1))  # the reading task is runnable itself
+        if k + 1 < samples:
+            time.sleep(interval)
+    return int(statistics.median(counts))
+
+
+def configure_threads(requested, load: CpuLoad | None = None, log: bool = True) -> ThreadChoice:
+    """Apply :func:`choose_threads`: the wait policy into the environment (only before torch is imported, when
+    the OpenMP runtime still reads it), then ``torch.set_num_threads``; log the choice and why (with ``log``, else
+    leave that to :func:`log_threads`). The returned count is read back from ``torch.get_num_threads()``."""
+    choice = choose_threads(requested, load)
+    applied = ()
+    if choice.environment and "torch" not in sys.modules:
+        for name, value in choice.environment:
+            os.environ.setdefault(name, value)
+        applied = choice.environment
+    import torch
+
+    torch.set_num_threads(choice.threads)
+    reason = choice.reason
+    if applied:
+        reason += "; idle threads sleep (" + ", ".join(f"{k}={v}" for k, v in applied) + ")"
+    elif choice.environment:
+        reason += "; torch was imported before rs-pgd could set OMP_WAIT_POLICY=PASSIVE (set it yourself)"
+    choice = ThreadChoice(torch.get_num_threads(), reason, applied)
+    if log:
+        log_threads(choice)
+    return choice
+
+
+def log_threads(choice: ThreadChoice) -> None:
+    """Log ``threads N (why)``: at INFO on torchrun's rank 0 (or without torchrun), at DEBUG on the other ranks."""
+    emit = logger.info if os.environ.get("RANK", "0") == "0" else logger.debug
+    emit("threads %d (%s)", choice.threads, choice.reason)
+
+
+@contextlib.contextmanager
+def torch_threads(requested, log: bool = True):
+    """:func:`configure_threads` for the length of a ``with`` block; torch's thread count is restored after."""
+    before = None
+    if "torch" in sys.modules:
+        before = sys.modules["torch"].get_num_threads()
+    choice = configure_threads(requested, log=log)
+    try:
+        yield choice
+    finally:
+        if before is not None:
+            sys.modules["torch"].set_num_threads(before)
 
 
 # -- precision ----------------------------------------------------------------------------------------------

@@ -251,16 +251,30 @@ class Trainer:
             bar.update(windows)
             bar.set_postfix(loss=f"{result.loss:.4f}")
 
+        checked = []
+
+        def reduce(model):  # every rank says whether its windows went well, then the one gradient all-reduce
+            checked.append(True)
+            self.dist.check(None, self.device)
+            self.dist.sum_gradients(model)
+
         try:
             result = pgd_step(
                 self.model, self.optimizer, self._indexed_batches(loader, mine), group["normaliser"],
                 scaler=self.scaler, autocast_dtype=autocast_dtype(self.precision), device=self.device,
-                window_weights=weights, reduce_gradients=self.dist.sum_gradients if self.dist.enabled else None,
+                window_weights=weights, reduce_gradients=reduce if self.dist.enabled else None,
                 on_batch=show,
             )
         except NonFiniteLossError as exc:
-            raise TrainingError(f"the loss became {exc.value} at step {self.steps + 1}; lower --lr or use --precision "
-                                f"32 (the last good checkpoint is kept at {self.output})") from None
+            error = TrainingError(f"the loss became {exc.value} at step {self.steps + 1}; lower --lr or use "
+                                  f"--precision 32 (the last good checkpoint is kept at {self.output})")
+            if not checked and self.dist.enabled:  # the other ranks wait for this rank's status
+                self.dist.check(error, self.device)
+            raise error from None
+        except Exception as exc:
+            if not checked and self.dist.enabled:
+                self.dist.check(exc, self.device)
+            raise
         self._update_loss_table(result)
         total = result.loss
         if self.dist.enabled:
@@ -331,12 +345,19 @@ class Trainer:
         k = self.class_table.num_classes
         confusion = np.zeros((k, k), dtype=np.int64)
         mine = self.dist.share(self.val_items)
-        for batch in self._loader(mine, augment=False, seed=0) if mine else []:
-            image, target, _ = self._to_device(batch)
-            with autocast_context(self.precision, self.device):
-                logits = self.model(image)
-            predicted = logits.argmax(dim=1)
-            update_confusion(confusion, target.cpu().numpy(), predicted.cpu().numpy())
+        error = None
+        try:
+            for batch in self._loader(mine, augment=False, seed=0) if mine else []:
+                image, target, _ = self._to_device(batch)
+                with autocast_context(self.precision, self.device):
+                    logits = self.model(image)
+                predicted = logits.argmax(dim=1)
+                update_confusion(confusion, target.cpu().numpy(), predicted.cpu().numpy())
+        except Exception as exc:
+            if not self.dist.enabled:
+                raise
+            error = exc
+        self.dist.check(error, self.device)  # no rank left waiting in the sum below
         confusion = self.dist.sum_array(confusion, self.device)
         result = scores(confusion, self.class_table.names)
         result["majority_miou"] = round(majority_baseline_miou(confusion), 6)
@@ -416,13 +437,16 @@ class Trainer:
         return resume
 
     def _save(self, resume: dict) -> None:
-        if not self.dist.is_main:
-            self.dist.barrier()
-            return
-        try:
-            self._write_checkpoints(resume)
-        finally:
-            self.dist.barrier()
+        """Rank 0 writes the checkpoints; every rank learns whether that worked (a failed write stops them all)."""
+        error = None
+        if self.dist.is_main:
+            try:
+                self._write_checkpoints(resume)
+            except Exception as exc:
+                if not self.dist.enabled:
+                    raise
+                error = exc
+        self.dist.check(error, self.device)
 
     def _write_checkpoints(self, resume: dict) -> None:
         from rs_pgd import checkpoint
@@ -441,7 +465,8 @@ class Trainer:
             return
         saved = json.loads(state["config_json"])
         now = _jsonable(asdict(self.config))
-        changed = sorted(k for k in now if k not in ("epochs", "max_steps", "progress", "workers", "log_json")
+        changed = sorted(k for k in now if k not in ("epochs", "max_steps", "progress", "workers", "threads",
+                                                    "log_json")
                          and saved.get(k) != now[k])
         if changed:
             raise TrainingError(f"--resume with changed options {changed}; use the options of the first run")

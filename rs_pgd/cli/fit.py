@@ -63,6 +63,7 @@ def _step_every(ctx, param, value):
 @click.option("--grad-checkpointing", is_flag=True, help="Recompute activations in backward to save memory.")
 @click.option("--no-augment", is_flag=True, help="Turn off the random flips/rotations (D4).")
 @options.workers_opt
+@options.threads_opt
 @click.option("--seed", type=int, default=defaults.SEED, show_default=True, help="Random seed (runs are reproducible on CPU).")
 @options.device_opt
 @click.option("--val-fraction", type=float, default=defaults.VAL_FRACTION, show_default=True,
@@ -74,7 +75,7 @@ def _step_every(ctx, param, value):
 @click.option("--quiet", is_flag=True, help="No progress bar or epoch lines (as the global -q).")
 def fit(scene, labels, output, extra, class_column, layer, mapping, background, all_touched, bands, preset, nodata,
         bbox, bbox_crs, aoi, arch, encoder, encoder_weights, tile, margin, stride, batch_size, epochs, max_steps, lr, optimizer, step_every, weighting,
-        hard_mining, norm, precision, grad_checkpointing, no_augment, workers, seed, device, val_fraction,
+        hard_mining, norm, precision, grad_checkpointing, no_augment, workers, threads, seed, device, val_fraction,
         val_pair, log_json, resume, quiet):
     """Train a segmentation model on SCENE with LABELS (vector file or label raster) and write a checkpoint.
 
@@ -95,7 +96,7 @@ def fit(scene, labels, output, extra, class_column, layer, mapping, background, 
         arch=arch, encoder=encoder, encoder_weights=encoder_weights, tile=tile,
         margin=margin, stride=stride, batch_size=batch_size, epochs=epochs, max_steps=max_steps, lr=lr, optimizer=optimizer,
         step_every=step_every, weighting=weighting, hard_mining=hard_mining, norm=norm, precision=precision,
-        grad_checkpointing=grad_checkpointing, augment=not no_augment, workers=workers, seed=seed, device=device,
+        grad_checkpointing=grad_checkpointing, augment=not no_augment, workers=workers, threads=threads, seed=seed, device=device,
         val_fraction=val_fraction, val_scene=val_pair[0] if val_pair else None,
         val_labels=val_pair[1] if val_pair else None, log_json=log_json, progress=not quiet,
     )

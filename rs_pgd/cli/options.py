@@ -51,6 +51,11 @@ device_opt = click.option(
     help="Where the model runs.",
 )
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
+threads_opt = click.option(
+    "--threads", default=defaults.THREADS, show_default=True, metavar="N|auto",
+    help="CPU threads for the model. auto: OMP_NUM_THREADS if set, else the physical cores available, fewer when "
+         "other processes keep cores busy (idle threads sleep instead of spinning).",
+)
 workers_opt = click.option("--workers", type=int, default=None, help="Data-loading worker processes (default: auto).")
 output_opt = click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output file.")
 mapping_opt = click.option(

@@ -32,10 +32,11 @@ from rs_pgd.cli.config_file import config_options
 @options.area_options("Predict", "The output covers just that area.")
 @click.option("--no-cog", is_flag=True, help="Write a plain tiled GeoTIFF instead of a Cloud Optimized GeoTIFF.")
 @options.workers_opt
+@options.threads_opt
 @options.device_opt
 @click.option("--quiet", is_flag=True, help="No progress bar or log lines (as the global -q).")
 def predict(model, scene, output, tile, margin, stride, blend, probabilities, probability_dtype, preview,
-            batch_size, precision, nodata, bands, bbox, bbox_crs, aoi, no_cog, workers, device, quiet):
+            batch_size, precision, nodata, bands, bbox, bbox_crs, aoi, no_cog, workers, threads, device, quiet):
     """Predict classes for SCENE with the checkpoint MODEL and write them to OUTPUT.
 
     MODEL may also be an .onnx file written by `rs-pgd export`: it runs with onnxruntime, without torch.
@@ -49,7 +50,8 @@ def predict(model, scene, output, tile, margin, stride, blend, probabilities, pr
     result = rs_pgd.predict(
         model, scene, output, tile=tile, margin=margin, stride=stride, blend=blend, probabilities=probabilities,
         probability_dtype=probability_dtype, preview=preview, batch_size=batch_size, device=device,
-        precision=precision, workers=workers, cog=not no_cog, progress=not quiet, nodata=nodata,
+        precision=precision, workers=workers, threads=threads, cog=not no_cog, progress=not quiet, nodata=nodata,
         bbox=bbox, bbox_crs=bbox_crs, aoi=aoi, bands=bands,
     )
-    click.echo(f"wrote {result.output} ({result.windows} windows, {result.seconds:.1f} s)")
+    if result.written:  # under torchrun only rank 0 writes
+        click.echo(f"wrote {result.output} ({result.windows} windows, {result.seconds:.1f} s)")
