@@ -41,6 +41,7 @@ class PredictResult:
     seconds: float
     tile: int = 0
     margin: int = 0
+    uncertainty: Path | None = None
 
 
 @dataclass
@@ -73,7 +74,8 @@ class Backend:
 def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=defaults.BLEND, probabilities=None,
             probability_dtype=defaults.PROBABILITY_DTYPE, preview=None, batch_size=None, device=defaults.DEVICE,
             precision=defaults.PRECISION, workers=None, cog=True, progress=True, nodata=None, bbox=None,
-            bbox_crs=defaults.BBOX_CRS, aoi=None, bands=None) -> PredictResult:
+            bbox_crs=defaults.BBOX_CRS, aoi=None, bands=None, uncertainty=None,
+            uncertainty_kind=defaults.UNCERTAINTY_KIND, tta=False) -> PredictResult:
     """Predict a class map for ``scene`` with the checkpoint ``model`` and write it to ``output``.
 
     Parameters
@@ -114,6 +116,15 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     bands : list of int or str, optional
         The scene's bands to feed the model (numbers, descriptions or preset names); by default the training
         bands. Needed when the scene's band count differs from the training scenes'.
+    uncertainty : path, optional
+        Also write the per-pixel uncertainty to this COG (uint8: ``round(u * 254)``, 255 where the class map is
+        nodata; the class map's grid; the band description names the measure).
+    uncertainty_kind : {"least-confidence", "margin", "entropy"}
+        ``1 - max p`` (default), ``1 - (p1 - p2)`` or the entropy divided by ``log K``
+        (:mod:`rs_pgd.uncertainty`).
+    tta : bool
+        Test-time augmentation: average each window's probabilities over the 8 flips and rotations of D4 before
+        stitching (:mod:`rs_pgd.tta`; 8 forward passes per window, the same memory, still seamless).
 
     Every check that needs no model runs first, before torch is imported (:func:`rs_pgd.config.preflight_predict`):
     options, every output path, the checkpoint header and whether the scene fits the model.
@@ -126,7 +137,7 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     started = time.perf_counter()
     plan = preflight_predict(model, scene, output, probabilities=probabilities, preview=preview, blend=blend,
                              tile=tile, margin=margin, stride=stride, bands=bands, batch_size=batch_size,
-                             workers=workers, cog=cog)
+                             workers=workers, cog=cog, uncertainty=uncertainty, uncertainty_kind=uncertainty_kind)
     window = _area_window(plan.info, bbox, bbox_crs, aoi)
     if is_onnx_path(model):
         from rs_pgd.onnx_backend import onnx_backend
@@ -136,16 +147,21 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     else:
         backend = _torch_backend(model, device, precision, batch_size, workers)
     return _predict_windows(backend, plan, model, scene, output, tile, margin, stride, blend, probabilities,
-                            probability_dtype, preview, cog, progress, started, nodata, window)
+                            probability_dtype, preview, cog, progress, started, nodata, window,
+                            uncertainty=uncertainty, uncertainty_kind=uncertainty_kind, tta=tta)
 
 
 def _predict_windows(backend: Backend, plan, model, scene, output, tile, margin, stride, blend, probabilities,
-                     probability_dtype, preview, cog, progress, started, nodata=None, window=None) -> PredictResult:
-    """The window loop shared by every backend: read, run ``backend.forward``, stitch, write."""
+                     probability_dtype, preview, cog, progress, started, nodata=None, window=None, *,
+                     uncertainty=None, uncertainty_kind=defaults.UNCERTAINTY_KIND, tta=False) -> PredictResult:
+    """The window loop shared by every backend: read, run ``backend.forward`` (D4-averaged with ``tta``), stitch,
+    write."""
     import time
 
     from rs_pgd.output import StreamingClassWriter, StreamingProbabilityWriter
     from rs_pgd.stitch import RowStitcher
+    from rs_pgd.tta import d4_forward
+    from rs_pgd.uncertainty import StreamingUncertaintyWriter
 
     meta = backend.meta
     classes = meta.class_table()
@@ -156,31 +172,35 @@ def _predict_windows(backend: Backend, plan, model, scene, output, tile, margin,
     values = np.asarray(classes.values, dtype=np.uint8)
     stitcher = RowStitcher(grid, k + 1, blend=blend, dtype=np.float32)
     batches = backend.batches(reader, grid, meta.band_stats())
+    forward = d4_forward(backend.forward) if tta else backend.forward
     class_writer = StreamingClassWriter(output, _profile(reader), classes, cog=cog, inputs=[model, scene])
-    prob_writer = None
+    prob_writer = unc_writer = None
     try:
         if probabilities is not None:
             prob_writer = StreamingProbabilityWriter(probabilities, _profile(reader), classes, dtype=probability_dtype,
                                                      cog=cog, inputs=[model, scene, output])
+        if uncertainty is not None:
+            unc_writer = StreamingUncertaintyWriter(uncertainty, _profile(reader), uncertainty_kind, cog=cog,
+                                                    inputs=[model, scene, output, probabilities])
         windows_run = 0
         bar = _progress(len(grid), progress)
         for window_indexes, images, valid in batches:
-            outputs, ran = _run_batch(backend.forward, images, valid, k)
+            outputs, ran = _run_batch(forward, images, valid, k)
             windows_run += ran
             for window_index, out in zip(window_indexes, outputs):
                 for band in stitcher.add(grid.window(window_index), out):
-                    _write_band(band, values, class_writer, prob_writer)
+                    _write_band(band, values, class_writer, prob_writer, unc_writer)
             bar.update(len(outputs))
         for band in stitcher.flush():
-            _write_band(band, values, class_writer, prob_writer)
+            _write_band(band, values, class_writer, prob_writer, unc_writer)
         bar.close()
-        class_writer.close()
-        if prob_writer is not None:
-            prob_writer.close()
+        for writer in (class_writer, prob_writer, unc_writer):
+            if writer is not None:
+                writer.close()
     except BaseException:
-        class_writer.abort()
-        if prob_writer is not None:
-            prob_writer.abort()
+        for writer in (class_writer, prob_writer, unc_writer):
+            if writer is not None:
+                writer.abort()
         raise
     preview_path = None
     if preview is not None:
@@ -188,7 +208,8 @@ def _predict_windows(backend: Backend, plan, model, scene, output, tile, margin,
 
         preview_path = write_preview(scene, output, preview, bands=reader.bands, classes=classes)
     return PredictResult(Path(output), Path(probabilities) if probabilities else None, preview_path, len(grid),
-                         windows_run, time.perf_counter() - started, grid.tile, grid.margin)
+                         windows_run, time.perf_counter() - started, grid.tile, grid.margin,
+                         Path(uncertainty) if uncertainty else None)
 
 
 def _torch_backend(model, device, precision, batch_size, workers) -> Backend:
@@ -303,15 +324,19 @@ def _run_batch(forward, images: np.ndarray, valid: np.ndarray, k: int):
     return out, ran
 
 
-def _write_band(band, values: np.ndarray, class_writer, prob_writer) -> None:
+def _write_band(band, values: np.ndarray, class_writer, prob_writer, unc_writer=None) -> None:
     data = band.data
     k = data.shape[0] - 1
     valid = data[k] > 0.5
     probs = data[:k]
     classes = values[np.argmax(probs, axis=0)]
     class_writer.write(band.row_start, np.where(valid, classes, 255).astype(np.uint8))
-    if prob_writer is not None:
-        prob_writer.write(band.row_start, np.where(valid[None], probs, np.nan))
+    if prob_writer is not None or unc_writer is not None:
+        masked = np.where(valid[None], probs, np.nan)  # NaN: no prediction, nodata in every raster
+        if prob_writer is not None:
+            prob_writer.write(band.row_start, masked)
+        if unc_writer is not None:
+            unc_writer.write(band.row_start, masked)
 
 
 def _progress(total: int, enabled: bool):
