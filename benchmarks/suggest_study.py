@@ -14,8 +14,12 @@ Two settings: ``scene`` (every candidate of the scene, what ``rs-pgd suggest MOD
 (only candidates inside the right 30 %, which has no training labels: where would a user label next?). For each:
 the share of all the setting's errors inside the picked regions (suggested vs the random draws: mean, standard
 deviation, 95th percentile, and p = the share of draws at least as high as the suggestion) and the error rate of the
-labelled pixels in the regions. ``rs_pgd.suggest`` itself is run once per scene and must return the same regions
-as the ``scene`` setting.
+labelled pixels in the regions. Two diagnostics say why: the pixel AUROC of the uncertainty as a detector of the
+errors (0.5 = chance) and the Spearman correlation, over the candidates with at least a quarter of their pixels
+labelled, between a region's mean uncertainty and its error rate. Each measure is compared: ``least-confidence``
+(suggest's default), ``margin``, ``entropy`` and ``least-confidence`` with ``--tta`` (whose class map, and so
+whose errors, differ). ``rs_pgd.suggest`` itself is run once per scene and must return the same regions as the
+``scene`` setting of the default measure.
 
 Usage::
 
@@ -39,7 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy_study import DATA, scene_configs, split_labels  # noqa: E402
 
-SETTINGS = {"demo": dict(top=10, size=64), "denmark": dict(top=5, size=64), "parana": dict(top=10, size=128)}
+SETTINGS = {"demo": dict(top=10, size=64), "denmark": dict(top=8, size=32), "parana": dict(top=10, size=128)}
 
 
 def train_model(cfg: dict, work: Path, seed: int) -> tuple[Path, Path, int]:
@@ -109,8 +113,22 @@ def error_share(errors: np.ndarray, labelled: np.ndarray, regions, size: int, ce
     return float(errors[inside].sum() / total) if total else float("nan"), float(rate)
 
 
+VARIANTS = {"least-confidence": {}, "margin": {"uncertainty_kind": "margin"},
+            "entropy": {"uncertainty_kind": "entropy"}, "least-confidence+tta": {"tta": True}}
+"""The uncertainty measures compared (``predict`` options); the first is suggest's default."""
+
+
+def auroc(errors: np.ndarray, u: np.ndarray) -> float:
+    """Area under the ROC curve of the uncertainty as a detector of the errors (0.5: no better than chance)."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(errors, u)) if 0 < errors.sum() < errors.size else float("nan")
+
+
 def study_scene(key: str, cfg: dict, work: Path, seed: int, top: int, size: int, draws: int) -> dict:
     import geopandas as gpd
+    import rasterio
+    from scipy.stats import spearmanr
 
     from rs_pgd import predict, suggest
     from rs_pgd.suggestion import cell_stats, region_scores, select_regions
@@ -118,79 +136,101 @@ def study_scene(key: str, cfg: dict, work: Path, seed: int, top: int, size: int,
     started = time.perf_counter()
     model, train_labels, split_col = train_model(cfg, work, seed)
     train_s = time.perf_counter() - started
-    classes_path, unc_path = work / f"classes_seed{seed}.tif", work / f"uncertainty_seed{seed}.tif"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        predict(model, cfg["scene"], classes_path, uncertainty=unc_path, progress=False, workers=0)
-    reference, predicted = reference_names(cfg, classes_path)
-    labelled = (reference >= 0) & (predicted >= 0)
-    errors = labelled & (reference != predicted)
     cell = size // 2
-    stats, _, _ = cell_stats(unc_path, classes_path, cell)
-    scores, candidate = region_scores(stats, size)
     row = {"scene": key, "seed": seed, "top": top, "size": size, "draws": draws, "train_s": round(train_s, 1),
-           "accuracy": float(1 - errors.sum() / labelled.sum()), "labelled_pixels": int(labelled.sum()),
-           "errors": int(errors.sum()), "split_col": split_col, "settings": {}}
-    rng = np.random.default_rng(1000 + seed)
-    for setting in ("scene", "held-out"):
-        allowed = candidate.copy()
-        setting_errors, setting_labelled = errors, labelled
-        area = stats.height * stats.width
-        if setting == "held-out":
-            area = stats.height * (stats.width - split_col)
-            origins = np.arange(allowed.shape[1]) * cell
-            allowed &= (origins >= split_col)[None, :]
-            test = np.zeros(errors.shape, bool)
-            test[:, split_col:] = True
-            setting_errors, setting_labelled = errors & test, labelled & test
-        picked = select_regions(scores, allowed, top)
-        share, rate = error_share(setting_errors, setting_labelled, picked, size, cell)
-        random_shares, random_rates = [], []
-        for _ in range(draws):
-            regions = select_regions(rng.random(allowed.shape), allowed, top)
-            s, r = error_share(setting_errors, setting_labelled, regions, size, cell)
-            random_shares.append(s)
-            random_rates.append(r)
-        random_shares, random_rates = np.array(random_shares), np.array(random_rates)
-        row["settings"][setting] = {
-            "candidates": int(allowed.sum()), "regions": len(picked), "errors": int(setting_errors.sum()),
-            "area_share": float(len(picked) * size * size / area),
-            "suggest_error_share": share, "random_error_share_mean": float(random_shares.mean()),
-            "random_error_share_sd": float(random_shares.std()),
-            "random_error_share_p95": float(np.percentile(random_shares, 95)),
-            "p_random_at_least_suggest": float((random_shares >= share).mean()),
-            "suggest_error_rate": rate, "random_error_rate_mean": float(random_rates.mean()),
-            "setting_error_rate": float(setting_errors.sum() / max(setting_labelled.sum(), 1)),
-            "suggest_mean_uncertainty": float(np.mean([scores[p] for p in picked])),
-        }  # fmt: skip
-        print(key, setting, row["settings"][setting], flush=True)
-    # the library's own run: the same regions as the "scene" setting
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = suggest(model, cfg["scene"], work / f"to_label_seed{seed}.gpkg", top=top, size=size, progress=False,
-                         workers=0, labels=train_labels, class_column=cfg["class_column"],
-                         mapping=mapping_for(cfg, train_labels),
-                         labelled_weight=0.0)  # fmt: skip
-    frame = gpd.read_file(result.output)
-    expected = [(i * cell, j * cell) for i, j in select_regions(scores, candidate, top)]
-    row["suggest_matches"] = list(zip(frame["row_off"], frame["col_off"])) == expected
+           "split_col": split_col, "variants": {}}
+    for variant, options in VARIANTS.items():
+        classes_path = work / f"classes_seed{seed}_{variant}.tif"
+        unc_path = work / f"uncertainty_seed{seed}_{variant}.tif"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            predict(model, cfg["scene"], classes_path, uncertainty=unc_path, progress=False, workers=0, cog=False,
+                    **options)  # fmt: skip
+        reference, predicted = reference_names(cfg, classes_path)
+        with rasterio.open(unc_path) as ds:
+            u = ds.read(1)
+        labelled = (reference >= 0) & (predicted >= 0)
+        errors = labelled & (reference != predicted)
+        stats, _, _ = cell_stats(unc_path, classes_path, cell)
+        scores, candidate = region_scores(stats, size)
+        out = {"accuracy": float(1 - errors.sum() / labelled.sum()), "labelled_pixels": int(labelled.sum()),
+               "errors": int(errors.sum()), "settings": {}}  # fmt: skip
+        for setting in ("scene", "held-out"):
+            rng = np.random.default_rng(1000 + seed)  # the same random regions for every variant
+            allowed = candidate.copy()
+            in_setting = np.ones(errors.shape, bool)
+            area = stats.height * stats.width
+            if setting == "held-out":
+                allowed &= (np.arange(allowed.shape[1]) * cell >= split_col)[None, :]
+                in_setting[:, :split_col] = False
+                area = stats.height * (stats.width - split_col)
+            setting_errors, setting_labelled = errors & in_setting, labelled & in_setting
+            picked = select_regions(scores, allowed, top)
+            share, rate = error_share(setting_errors, setting_labelled, picked, size, cell)
+            random_shares, random_rates = np.array([
+                error_share(setting_errors, setting_labelled, select_regions(rng.random(allowed.shape), allowed, top),
+                            size, cell) for _ in range(draws)]).T  # fmt: skip
+            region_u, region_rate = [], []  # every candidate's mean uncertainty and error rate, for their correlation
+            for i, j in zip(*np.nonzero(allowed)):
+                window = (slice(i * cell, i * cell + size), slice(j * cell, j * cell + size))
+                n = setting_labelled[window].sum()
+                if n >= 0.25 * size * size:
+                    region_u.append(scores[i, j])
+                    region_rate.append(setting_errors[window].sum() / n)
+            out["settings"][setting] = {
+                "candidates": int(allowed.sum()), "regions": len(picked), "errors": int(setting_errors.sum()),
+                "area_share": float(len(picked) * size * size / area),
+                "suggest_error_share": share, "random_error_share_mean": float(random_shares.mean()),
+                "random_error_share_sd": float(random_shares.std()),
+                "random_error_share_p95": float(np.percentile(random_shares, 95)),
+                "p_random_at_least_suggest": float((random_shares >= share).mean()),
+                "suggest_error_rate": rate, "random_error_rate_mean": float(random_rates.mean()),
+                "setting_error_rate": float(setting_errors.sum() / max(setting_labelled.sum(), 1)),
+                "suggest_mean_uncertainty": float(np.mean([scores[p] for p in picked])),
+                "pixel_auroc": auroc(setting_errors[setting_labelled], u[setting_labelled]),
+                "region_spearman": float(spearmanr(region_u, region_rate).statistic) if len(region_u) > 2 else None,
+                "regions_correlated": len(region_u),
+            }  # fmt: skip
+            print(key, seed, variant, setting, out["settings"][setting], flush=True)
+        row["variants"][variant] = out
+        if variant == "least-confidence":  # the library's own run gives the same regions
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result = suggest(model, cfg["scene"], work / f"to_label_seed{seed}.gpkg", top=top, size=size,
+                                 progress=False, workers=0, labels=train_labels, class_column=cfg["class_column"],
+                                 mapping=mapping_for(cfg, train_labels), labelled_weight=0.0)  # fmt: skip
+            frame = gpd.read_file(result.output)
+            expected = [(i * cell, j * cell) for i, j in select_regions(scores, candidate, top)]
+            row["suggest_matches"] = list(zip(frame["row_off"], frame["col_off"])) == expected
     row["wall_s"] = round(time.perf_counter() - started, 1)
     return row
 
 
 def markdown(rows: list) -> str:
     lines = ["| scene | seed | setting | regions (px) | area share | errors | suggest: error share | random: mean ± sd "
-             "(p95) | p | error rate: suggest / random / all |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "(p95) | p | error rate: suggest / random / all | pixel AUROC | region Spearman |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        for name, s in r["settings"].items():
+        for name, s in r["variants"]["least-confidence"]["settings"].items():
             lines.append(
                 f"| {r['scene']} | {r['seed']} | {name} | {s['regions']} x {r['size']}² | {s['area_share']:.1%} | "
                 f"{s['errors']} | **{s['suggest_error_share']:.1%}** | {s['random_error_share_mean']:.1%} ± "
                 f"{s['random_error_share_sd']:.1%} ({s['random_error_share_p95']:.1%}) | "
-                f"{s['p_random_at_least_suggest']:.4f} | {s['suggest_error_rate']:.3f} / {s['random_error_rate_mean']:.3f}"
-                f" / {s['setting_error_rate']:.3f} |")  # fmt: skip
+                f"{s['p_random_at_least_suggest']:.3f} | {s['suggest_error_rate']:.3f} / {s['random_error_rate_mean']:.3f}"
+                f" / {s['setting_error_rate']:.3f} | {s['pixel_auroc']:.3f} | {_num(s['region_spearman'])} |")  # fmt: skip
+    lines += ["", "| scene | seed | measure | setting | suggest error share | random mean | p | pixel AUROC | "
+              "region Spearman | accuracy |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for variant, v in r["variants"].items():
+            for name, s in v["settings"].items():
+                lines.append(f"| {r['scene']} | {r['seed']} | {variant} | {name} | {s['suggest_error_share']:.1%} | "
+                             f"{s['random_error_share_mean']:.1%} | {s['p_random_at_least_suggest']:.3f} | "
+                             f"{s['pixel_auroc']:.3f} | {_num(s['region_spearman'])} | {v['accuracy']:.3f} |")
     return "\n".join(lines)
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def main(argv=None) -> int:
