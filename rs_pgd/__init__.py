@@ -6,7 +6,7 @@ The heavy entry points are loaded on first use.
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "fit", "predict", "evaluate", "vectorize", "export", "scene_info"]
+__all__ = ["__version__", "fit", "predict", "suggest", "evaluate", "vectorize", "export", "scene_info"]
 
 
 def __getattr__(name):
@@ -18,6 +18,10 @@ def __getattr__(name):
         from rs_pgd.infer import predict
 
         return predict
+    if name == "suggest":
+        from rs_pgd.suggestion import suggest
+
+        return suggest
     if name == "evaluate":
         from rs_pgd.evaluation import evaluate
 

@@ -202,8 +202,10 @@ class PredictPlan:
 
 def preflight_predict(model, scene, output, *, probabilities=None, preview=None, blend="none", tile=None,
                       margin=None, stride=None, bands=None, batch_size=None, workers=None, cog=True, bbox=None,
-                      bbox_crs=defaults.BBOX_CRS, aoi=None) -> PredictPlan:
-    """Check a prediction's options, every output path and its inputs before any heavy import.
+                      bbox_crs=defaults.BBOX_CRS, aoi=None, uncertainty=None,
+                      uncertainty_kind=defaults.UNCERTAINTY_KIND) -> PredictPlan:
+    """Check a prediction's options, every output path (``-o``, ``--probabilities``, ``--uncertainty``,
+    ``--preview``) and its inputs before any heavy import.
 
     For a checkpoint this reads its header (:func:`rs_pgd.checkpoint.read_header`) and checks that the scene fits
     (:func:`rs_pgd.checkpoint.scene_bands`); an ONNX model's metadata is checked the same way once onnxruntime
@@ -215,16 +217,21 @@ def preflight_predict(model, scene, output, *, probabilities=None, preview=None,
     from rs_pgd.raster import area_of_interest, require_north_up, scene_info, window_for_bbox
     from rs_pgd.runtime import check_loader_options
     from rs_pgd.stitch import weight_kind
+    from rs_pgd.uncertainty import check_kind
 
     weight_kind(blend)
+    check_kind(uncertainty_kind)
     check_loader_options(batch_size, workers)  # a DataLoader would fail deep inside, after the model was loaded
     geotiff = "a Cloud Optimized GeoTIFF" if cog else "a GeoTIFF"
     check_format_suffix(output, GEOTIFF_SUFFIXES, geotiff, "-o")
     if probabilities is not None:
         check_format_suffix(probabilities, GEOTIFF_SUFFIXES, geotiff, "--probabilities")
+    if uncertainty is not None:
+        check_format_suffix(uncertainty, GEOTIFF_SUFFIXES, geotiff, "--uncertainty")
     if preview is not None:
         check_format_suffix(preview, (".png",), "a PNG", "--preview")
-    check_outputs({"output": output, "--probabilities": probabilities, "--preview": preview}, inputs=[model, scene])
+    check_outputs({"output": output, "--probabilities": probabilities, "--uncertainty": uncertainty,
+                   "--preview": preview}, inputs=[model, scene])
     info = scene_info(scene)
     require_north_up(info)  # a rotated or GCP-only output would be misplaced by most GIS tools
     area = area_of_interest(_check_bbox(bbox) if bbox is not None else None, bbox_crs, aoi)

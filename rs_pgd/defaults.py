@@ -34,3 +34,11 @@ BLENDS = ("none", "linear", "cosine")
 PROBABILITY_DTYPE = "uint8"
 PROBABILITY_DTYPES = ("uint8", "float32")
 BBOX_CRS = "EPSG:4326"
+UNCERTAINTY_KIND = "least-confidence"
+UNCERTAINTY_KINDS = ("least-confidence", "margin", "entropy")
+
+# suggest (rs_pgd.suggest and rs-pgd suggest)
+SUGGEST_TOP = 10
+SUGGEST_SIZE = 256
+SUGGEST_LABELLED_WEIGHT = 1.0
+SUGGEST_MIN_VALID = 0.5

@@ -42,6 +42,7 @@ class PredictResult:
     tile: int = 0
     margin: int = 0
     written: bool = True  # False on torchrun ranks other than 0, which compute rows but write nothing
+    uncertainty: Path | None = None
 
 
 @dataclass
@@ -74,7 +75,8 @@ class Backend:
 def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=defaults.BLEND, probabilities=None,
             probability_dtype=defaults.PROBABILITY_DTYPE, preview=None, batch_size=None, device=defaults.DEVICE,
             precision=defaults.PRECISION, workers=None, cog=True, progress=True, nodata=None, bbox=None,
-            bbox_crs=defaults.BBOX_CRS, aoi=None, bands=None, threads=defaults.THREADS) -> PredictResult:
+            bbox_crs=defaults.BBOX_CRS, aoi=None, bands=None, threads=defaults.THREADS, uncertainty=None,
+            uncertainty_kind=defaults.UNCERTAINTY_KIND, tta=False) -> PredictResult:
     """Predict a class map for ``scene`` with the checkpoint ``model`` and write it to ``output``.
 
     Parameters
@@ -116,6 +118,15 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     bands : list of int or str, optional
         The scene's bands to feed the model (numbers, descriptions or preset names); by default the training
         bands. Needed when the scene's band count differs from the training scenes'.
+    uncertainty : path, optional
+        Also write the per-pixel uncertainty to this COG (uint8: ``round(u * 254)``, 255 where the class map is
+        nodata; the class map's grid; the band description names the measure).
+    uncertainty_kind : {"least-confidence", "margin", "entropy"}
+        ``1 - max p`` (default), ``1 - (p1 - p2)`` or the entropy divided by ``log K``
+        (:mod:`rs_pgd.uncertainty`).
+    tta : bool
+        Test-time augmentation: average each window's probabilities over the 8 flips and rotations of D4 before
+        stitching (:mod:`rs_pgd.tta`; 8 forward passes per window, the same memory, still seamless).
 
     Every check that needs no model runs first, before torch is imported (:func:`rs_pgd.config.preflight_predict`):
     options, every output path, the checkpoint header and whether the scene fits the model.
@@ -130,7 +141,8 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
     threads = parse_threads(threads)
     plan = preflight_predict(model, scene, output, probabilities=probabilities, preview=preview, blend=blend,
                              tile=tile, margin=margin, stride=stride, bands=bands, batch_size=batch_size,
-                             workers=workers, cog=cog, bbox=bbox, bbox_crs=bbox_crs, aoi=aoi)
+                             workers=workers, cog=cog, bbox=bbox, bbox_crs=bbox_crs, aoi=aoi, uncertainty=uncertainty,
+                             uncertainty_kind=uncertainty_kind)
     if is_onnx_path(model):
         from rs_pgd.onnx_backend import onnx_backend
 
@@ -148,12 +160,15 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
         backend = _torch_backend(model, device, precision, batch_size, workers)
         log_threads(choice)
         return _predict_windows(backend, plan, model, scene, output, tile, margin, stride, blend, probabilities,
-                                probability_dtype, preview, cog, progress, started, nodata, plan.window)
+                                probability_dtype, preview, cog, progress, started, nodata, plan.window,
+                                uncertainty=uncertainty, uncertainty_kind=uncertainty_kind, tta=tta)
 
 
 def _predict_windows(backend: Backend, plan, model, scene, output, tile, margin, stride, blend, probabilities,
-                     probability_dtype, preview, cog, progress, started, nodata=None, window=None) -> PredictResult:
-    """The window loop shared by every backend: read, run ``backend.forward``, stitch, write.
+                     probability_dtype, preview, cog, progress, started, nodata=None, window=None, *,
+                     uncertainty=None, uncertainty_kind=defaults.UNCERTAINTY_KIND, tta=False) -> PredictResult:
+    """The window loop shared by every backend: read, run ``backend.forward`` (D4-averaged with ``tta``), stitch,
+    write.
 
     Under torchrun (a torch backend) the ranks share the grid rows and rank 0 alone stitches and writes
     (:class:`rs_pgd.distributed.RowExchange`)."""
@@ -161,6 +176,8 @@ def _predict_windows(backend: Backend, plan, model, scene, output, tile, margin,
 
     from rs_pgd.output import StreamingClassWriter, StreamingProbabilityWriter
     from rs_pgd.stitch import RowStitcher
+    from rs_pgd.tta import d4_forward
+    from rs_pgd.uncertainty import StreamingUncertaintyWriter
 
     meta = backend.meta
     classes = meta.class_table()
@@ -172,7 +189,8 @@ def _predict_windows(backend: Backend, plan, model, scene, output, tile, margin,
     stitcher = RowStitcher(grid, k + 1, blend=blend, dtype=np.float32)
     exchange = _row_exchange(grid, k + 1)  # under torchrun: this rank's rows; rank 0 gathers, stitches, writes
     ran = [0]
-    outputs = _window_outputs(backend, reader, grid, k, exchange, ran)
+    forward = d4_forward(backend.forward) if tta else backend.forward
+    outputs = _window_outputs(backend, forward, reader, grid, k, exchange, ran)
     if exchange is not None and not exchange.is_main:
         exchange.send(outputs)
         windows_run = exchange.total(ran[0])
@@ -180,27 +198,30 @@ def _predict_windows(backend: Backend, plan, model, scene, output, tile, margin,
         return PredictResult(Path(output), Path(probabilities) if probabilities else None, None, len(grid),
                              windows_run, time.perf_counter() - started, grid.tile, grid.margin, written=False)
     class_writer = StreamingClassWriter(output, _profile(reader), classes, cog=cog, inputs=[model, scene])
-    prob_writer = None
+    prob_writer = unc_writer = None
     try:
         if probabilities is not None:
             prob_writer = StreamingProbabilityWriter(probabilities, _profile(reader), classes, dtype=probability_dtype,
                                                      cog=cog, inputs=[model, scene, output])
+        if uncertainty is not None:
+            unc_writer = StreamingUncertaintyWriter(uncertainty, _profile(reader), uncertainty_kind, cog=cog,
+                                                    inputs=[model, scene, output, probabilities])
         bar = _progress(len(grid), progress)
         for window_index, out in outputs:
             for band in stitcher.add(grid.window(window_index), out):
-                _write_band(band, values, class_writer, prob_writer)
+                _write_band(band, values, class_writer, prob_writer, unc_writer)
             bar.update(1)
         for band in stitcher.flush():
-            _write_band(band, values, class_writer, prob_writer)
+            _write_band(band, values, class_writer, prob_writer, unc_writer)
         bar.close()
         windows_run = ran[0] if exchange is None else exchange.total(ran[0])
-        class_writer.close()
-        if prob_writer is not None:
-            prob_writer.close()
+        for writer in (class_writer, prob_writer, unc_writer):
+            if writer is not None:
+                writer.close()
     except BaseException:
-        class_writer.abort()
-        if prob_writer is not None:
-            prob_writer.abort()
+        for writer in (class_writer, prob_writer, unc_writer):
+            if writer is not None:
+                writer.abort()
         raise
     if exchange is not None:
         exchange.dist.close()
@@ -210,12 +231,14 @@ def _predict_windows(backend: Backend, plan, model, scene, output, tile, margin,
 
         preview_path = write_preview(scene, output, preview, bands=reader.bands, classes=classes)
     return PredictResult(Path(output), Path(probabilities) if probabilities else None, preview_path, len(grid),
-                         windows_run, time.perf_counter() - started, grid.tile, grid.margin)
+                         windows_run, time.perf_counter() - started, grid.tile, grid.margin,
+                         uncertainty=Path(uncertainty) if uncertainty else None)
 
 
-def _window_outputs(backend, reader, grid, k: int, exchange, ran: list):
+def _window_outputs(backend, forward, reader, grid, k: int, exchange, ran: list):
     """``(window index, output)`` for every window, in grid order: all of them in one process; under torchrun this
-    rank's rows, or on rank 0 every row (its own and the others', :meth:`RowExchange.gather`). ``ran[0]`` counts
+    rank's rows, or on rank 0 every row (its own and the others', :meth:`RowExchange.gather`). ``forward`` is the
+    backend's (D4-averaged with ``tta``). ``ran[0]`` counts
     this rank's windows that went through the model (see :func:`_run_batch`)."""
     stats = backend.meta.band_stats()
     if exchange is None:
@@ -225,7 +248,7 @@ def _window_outputs(backend, reader, grid, k: int, exchange, ran: list):
 
     def mine():
         for window_indexes, images, valid in batches:
-            outputs, count = _run_batch(backend.forward, images, valid, k)
+            outputs, count = _run_batch(forward, images, valid, k)
             ran[0] += count
             yield from zip(window_indexes, outputs)
 
@@ -368,15 +391,19 @@ def _run_batch(forward, images: np.ndarray, valid: np.ndarray, k: int):
     return out, ran
 
 
-def _write_band(band, values: np.ndarray, class_writer, prob_writer) -> None:
+def _write_band(band, values: np.ndarray, class_writer, prob_writer, unc_writer=None) -> None:
     data = band.data
     k = data.shape[0] - 1
     valid = data[k] > 0.5
     probs = data[:k]
     classes = values[np.argmax(probs, axis=0)]
     class_writer.write(band.row_start, np.where(valid, classes, 255).astype(np.uint8))
-    if prob_writer is not None:
-        prob_writer.write(band.row_start, np.where(valid[None], probs, np.nan))
+    if prob_writer is not None or unc_writer is not None:
+        masked = np.where(valid[None], probs, np.nan)  # NaN: no prediction, nodata in every raster
+        if prob_writer is not None:
+            prob_writer.write(band.row_start, masked)
+        if unc_writer is not None:
+            unc_writer.write(band.row_start, masked)
 
 
 def _progress(total: int, enabled: bool):

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from rs_pgd.cli.main import cli
 
-COMMANDS = ["info", "fit", "predict", "evaluate", "vectorize", "export", "demo", "qgis"]
+COMMANDS = ["info", "fit", "predict", "suggest", "evaluate", "vectorize", "export", "demo", "qgis"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

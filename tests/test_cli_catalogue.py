@@ -322,6 +322,58 @@ CASES += [
 ]
 
 
+# -- issue 13: predict --uncertainty / --tta, suggest ---------------------------------------------------------------
+def _class_map_and_uncertainty_ok(path):
+    _class_map_ok(path)
+    with rasterio.open(path) as classes, rasterio.open(path.with_name("u.tif")) as unc:
+        assert unc.descriptions[0] == "uncertainty: 1 - max probability" and unc.nodata == 255
+        assert np.array_equal(unc.read(1) == 255, classes.read(1) == 255)
+
+
+def _regions_ok(path):
+    import geopandas as gpd
+
+    frame = gpd.read_file(path)
+    assert list(frame["rank"]) == [1, 2] and (frame["score"] >= 0).all() and "labelled_share" in frame.columns
+
+
+def suggest(model, scene, out="to_label.gpkg", *extra):
+    return ["suggest", f"{{in}}/{model}", f"{{in}}/{scene}", "-o", f"{{out}}/{out}", "--quiet", "--workers", "0",
+            *extra]
+
+
+CASES += [
+    Case("predict-uncertainty-png-name", predict("model.safetensors", "scene.tif", "out.tif", "--uncertainty",
+                                                 "{out}/u.png"), E, r"--uncertainty u.png ends in .png.*name it u.tif"),
+    Case("predict-uncertainty-is-the-scene", predict("model.safetensors", "scene.tif", "out.tif", "--uncertainty",
+                                                     "{in}/scene.tif"), E, r"--uncertainty: output .*scene.tif is also an input"),
+    Case("predict-uncertainty-is-the-output", predict("model.safetensors", "scene.tif", "out.tif", "--uncertainty",
+                                                      "{out}/out.tif"), E, r"--uncertainty .*same file as output"),
+    Case("predict-uncertainty-kind-unknown", predict("model.safetensors", "scene.tif", "out.tif", "--uncertainty",
+                                                     "{out}/u.tif", "--uncertainty-kind", "gini"), E,
+         r"'gini' is not one of 'least-confidence', 'margin', 'entropy'"),
+    Case("predict-uncertainty-tta", predict("model.safetensors", "scene.tif", "out.tif", "--uncertainty", "{out}/u.tif",
+                                            "--tta"), OK, r"wrote", check=_class_map_and_uncertainty_ok),
+    Case("suggest-output-shp", suggest("model.safetensors", "scene.tif", "to_label.shp"), E,
+         r"-o to_label.shp ends in .shp, but rs-pgd suggest writes a GeoPackage or GeoJSON; name it to_label.gpkg",
+         "to_label.shp"),
+    Case("suggest-top-0", suggest("model.safetensors", "scene.tif", "to_label.gpkg", "--top", "0"), E,
+         r"--top 0 must be a whole number of at least 1", "to_label.gpkg"),
+    Case("suggest-size-odd", suggest("model.safetensors", "scene.tif", "to_label.gpkg", "--size", "33"), E,
+         r"--size 33 must be an even number of pixels", "to_label.gpkg"),
+    Case("suggest-labels-missing", suggest("model.safetensors", "scene.tif", "to_label.gpkg", "--labels",
+                                           "{in}/missing.gpkg"), E, r"labels not found.*check the path", "to_label.gpkg"),
+    Case("suggest-uncertainty-is-the-scene", suggest("model.safetensors", "scene.tif", "to_label.gpkg", "--uncertainty",
+                                                     "{in}/scene.tif"), E, r"--uncertainty: output .*scene.tif is also an input",
+         "to_label.gpkg"),
+    Case("suggest-bad-scene", suggest("model.safetensors", "sheared.tif"), E, r"rotated or sheared.*gdalwarp",
+         "to_label.gpkg"),
+    Case("suggest-with-labels", suggest("model.safetensors", "scene.tif", "to_label.gpkg", "--top", "2", "--size", "32",
+                                        "--labels", "{in}/labels.gpkg"), OK, r"Wrote 2 regions of 32 x 32 px",
+         "to_label.gpkg", check=_regions_ok),
+]
+
+
 def _sentinel_checkpoint(source, target, **changes):
     """The same weights, relabelled as trained on the 13 bands of the sentinel2-l2a preset (no training), or with
     other ``changes`` to the metadata."""

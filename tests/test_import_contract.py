@@ -15,8 +15,8 @@ TORCH_FREE = [
     "rs_pgd.presets", "rs_pgd.raster", "rs_pgd.classes", "rs_pgd.label_source", "rs_pgd.vector_labels",
     "rs_pgd.raster_labels", "rs_pgd.labels", "rs_pgd.metrics", "rs_pgd.stitch", "rs_pgd.output",
     "rs_pgd.evaluation", "rs_pgd.vectorization", "rs_pgd.info", "rs_pgd.preview", "rs_pgd.infer",
-    "rs_pgd.onnx_backend", "rs_pgd.onnx_export",
-    "rs_pgd.cli.main", "rs_pgd.cli.errors", "rs_pgd.cli.options",
+    "rs_pgd.onnx_backend", "rs_pgd.onnx_export", "rs_pgd.uncertainty", "rs_pgd.tta", "rs_pgd.suggestion",
+    "rs_pgd.cli.main", "rs_pgd.cli.errors", "rs_pgd.cli.options", "rs_pgd.cli.suggest",
 ]
 
 
@@ -46,3 +46,19 @@ def test_the_api_refuses_bad_predict_input_before_importing_torch(tmp_path):
             "    print(type(exc).__name__, 'torch' in sys.modules)\n")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["OutputError", "False"], out.stdout + out.stderr
+
+
+def test_the_api_refuses_bad_suggest_input_before_importing_torch(tmp_path):
+    """``rs_pgd.suggest`` checks its options and outputs, then the model and scene, before predict imports torch."""
+    scene = Path(__file__).resolve().parents[1] / "rs_pgd" / "data" / "RGB.byte.tif"
+    code = ("import sys, rs_pgd\n"
+            "from rs_pgd.errors import RsPgdError\n"
+            "for kwargs in ({'top': 0}, {'size': 7}, {}):\n"
+            "    try:\n"
+            f"        rs_pgd.suggest({str(tmp_path / 'm.safetensors')!r}, {str(scene)!r}, {str(tmp_path / 's.gpkg')!r},\n"
+            "                       **kwargs)\n"
+            "    except RsPgdError as exc:\n"
+            "        print(type(exc).__name__, 'torch' in sys.modules)\n")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["OptionError", "False", "OptionError", "False", "CheckpointError", "False"], (
+        out.stdout + out.stderr)

@@ -418,3 +418,33 @@ def test_scene_with_fewer_bands_fails_before_any_output(trained, tmp_path):
     with pytest.raises(CheckpointError, match="band"):
         predict(checkpoint, scene, output, probabilities=tmp_path / "p.tif", workers=0, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two_bands.tif"]
+
+
+@pytest.mark.slow
+def test_predict_with_tta_is_seamless_and_differs(trained, whole_image, predicted, tmp_path, record_property):
+    """``tta=True``: each window is averaged over D4 before stitching, so the map agrees with the D4 average of the
+    whole-image run as closely as plain predict agrees with the plain whole-image run, and differs from plain."""
+    from rs_pgd.tta import TRANSFORMS, apply, invert
+
+    checkpoint, meta = trained
+    net, _ = model_from_checkpoint(checkpoint)
+    reader = SceneReader(DEMO_SCENE)
+    data = reader.read((0, 0, reader.height, reader.width))
+    image = normalise(data.image, data.valid, meta.band_stats())
+    h, w, pad = reader.height, reader.width, 64
+    padded = np.pad(image, ((0, 0), (pad, pad + (-(h + 2 * pad)) % 32), (pad, pad + (-(w + 2 * pad)) % 32)),
+                    mode="reflect")[None]  # fmt: skip
+    runs = []
+    with torch.no_grad():
+        for flip, turns in TRANSFORMS:  # the whole padded scene, transformed (rot90 swaps its sides), mapped back
+            x = torch.from_numpy(np.ascontiguousarray(apply(padded, flip, turns)))
+            runs.append(invert(torch.softmax(net(x), dim=1).numpy(), flip, turns)[0])
+    reference = np.mean(runs, axis=0)[:, pad : pad + h, pad : pad + w]
+    result = predict(checkpoint, DEMO_SCENE, tmp_path / "classes.tif", probabilities=tmp_path / "probs.tif", tta=True,
+                     probability_dtype="float32", precision="32", workers=0, progress=False)  # fmt: skip
+    numbers = compare_with_whole_image(result, meta, (reference, whole_image[1]))
+    for key, value in numbers.items():
+        record_property(f"tta_{key}", value)
+    assert numbers["agreement"] >= AGREEMENT
+    with rasterio.open(result.probabilities) as a, rasterio.open(predicted.probabilities) as b:
+        assert np.nanmax(np.abs(a.read() - b.read())) > 1e-3  # TTA changed the probabilities

@@ -15,6 +15,7 @@ from rs_pgd.cli.fit import fit
 from rs_pgd.cli.info import info
 from rs_pgd.cli.predict import predict
 from rs_pgd.cli.qgis import qgis
+from rs_pgd.cli.suggest import suggest
 from rs_pgd.cli.vectorize import vectorize
 
 
@@ -45,7 +46,7 @@ def cli(progress_mode, verbose, quiet):
             os.environ["RS_PGD_DEBUG"] = "1"
 
 
-for _command in (info, fit, predict, evaluate, vectorize, export, demo, qgis):
+for _command in (info, fit, predict, suggest, evaluate, vectorize, export, demo, qgis):
     cli.add_command(_command)
 
 
