@@ -177,9 +177,27 @@ def main(argv=None) -> int:
     return 0
 
 
+def _commit() -> str:
+    """The rs-pgd commit this study runs (``+`` when the work tree differs from it)."""
+    import subprocess
+
+    import rs_pgd
+
+    root = Path(rs_pgd.__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "rs_pgd"], cwd=root, capture_output=True, text=True)
+    except OSError:
+        return "unknown"
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
+
+
+COMMIT = _commit()
+
+
 def _write(args, seed, name, options, result) -> None:
     line = {"scene": args.scene, "run": name, "seed": seed, "options": options, **result,
-            "load": round(os.getloadavg()[0], 1), "time": time.strftime("%Y-%m-%d %H:%M")}
+            "load": round(os.getloadavg()[0], 1), "time": time.strftime("%Y-%m-%d %H:%M"), "commit": COMMIT}
     with open(args.out, "a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")
     iou = ", ".join(f"{k} {v:.2f}" for k, v in result["iou"].items() if v is not None)
