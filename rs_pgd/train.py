@@ -6,9 +6,10 @@ of windows, or by default (``"auto"``) the largest groups that still give the ru
 a group the gradient of every window's centre loss is accumulated, normalised by the group's sum of pixel weights
 (labelled pixels, times their class weights), so the step follows the gradient of the group's mean pixel loss.
 
-The budget: ``epochs`` passes, at most ``max_steps`` steps and ``max_minutes`` minutes; the learning rate rises
-linearly over the first ``warmup`` share of the planned steps, then follows a cosine to 0; with validation the run
-stops early after ``patience`` epochs without a better validation mIoU.
+The budget: ``epochs`` passes (the plan of the schedule: the learning rate rises linearly over the first
+``warmup`` share of the planned steps, then follows a cosine to 0), fitted to ``max_minutes`` once the speed is
+known; ``max_steps`` stops a run where it stands (a resume then goes on exactly); with validation the run stops
+early after ``patience`` epochs without a better validation mIoU.
 
 Files written next to ``output`` (``model.safetensors`` say):
 
@@ -158,10 +159,12 @@ class Trainer:
         if c.step_every == STEP_EVERY_AUTO:
             grouping += f" (--step-every auto: {n} training windows, at least {defaults.AUTO_MIN_STEPS} steps in "
             grouping += f"{c.epochs} epochs)"
-        limits = [f"{c.epochs} epochs"] + ([f"{c.max_steps} steps"] if c.max_steps else [])
-        limits += [f"{c.max_minutes:g} minutes"] if c.max_minutes else []
-        text = (f"plan: {grouping}; {self.plan['steps']} steps planned ({', '.join(limits)} at most; warm-up "
-                f"{self.plan['warmup']} steps, then cosine)")
+        text = (f"plan: {grouping}; {self.plan['steps']} steps in {c.epochs} epochs (warm-up {self.plan['warmup']} "
+                "steps, then cosine)")
+        if c.max_steps:
+            text += f", stopping after {c.max_steps} steps (--max-steps)"
+        if c.max_minutes:
+            text += f", fitted to {c.max_minutes:g} minutes once the speed is known (--max-minutes)"
         if self.val_items and c.patience:
             text += f"; early stop after {c.patience} epochs without a better validation mIoU"
         return text
@@ -689,10 +692,12 @@ def _grouping(c: FitConfig, windows: int) -> tuple:
 
 
 def _plan_steps(c: FitConfig, steps_per_epoch: int) -> dict:
-    """The schedule's plan: ``steps`` (epochs x steps per epoch, at most --max-steps) and ``warmup`` steps."""
+    """The schedule's plan: ``steps`` (epochs x steps per epoch) and ``warmup`` steps.
+
+    ``--max-steps`` stops a run without changing its plan: a run stopped by it and resumed takes the very steps of
+    an uninterrupted one. ``--max-minutes`` shortens the plan once the speed is known (:meth:`Trainer._fix_time_plan`).
+    """
     steps = c.epochs * max(1, steps_per_epoch)
-    if c.max_steps is not None:
-        steps = min(steps, c.max_steps)
     return {"steps": steps, "warmup": _warmup_steps(c, steps), "first_step": 0}
 
 

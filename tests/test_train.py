@@ -48,7 +48,7 @@ def test_fit_writes_a_self_describing_checkpoint(tmp_path, small_scene, demo_lab
     assert len(meta.history) == meta.best["epoch"] == result.best["epoch"]
     assert [h["epoch"] for h in result.history] == [1, 2]
     plan = meta.config["plan"]
-    assert plan["step_every"] == "scene" and plan["planned_steps"] == 2
+    assert plan["grouping"] == ["scene", None] and plan["planned_steps"] == 2
     assert set(plan["class_weights"]) == set(plan["class_pixels"]) == {"water", "land"}
     assert sibling(out, ".curve.png").stat().st_size > 1000
     lines = [json.loads(line) for line in log.read_text().splitlines()]

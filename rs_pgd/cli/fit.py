@@ -34,7 +34,8 @@ from rs_pgd.cli.config_file import config_options
 @click.option("--batch-size", type=int, default=defaults.BATCH_SIZE, show_default=True, help="Windows per forward/backward pass.")
 @click.option("--epochs", type=int, default=defaults.EPOCHS, show_default=True,
               help="Passes over the scene(s), at most (see --patience).")
-@click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
+@click.option("--max-steps", type=int, default=None,
+              help="Stop after this many optimizer steps (the schedule still follows --epochs: --resume goes on exactly).")
 @click.option("--max-minutes", type=float, default=defaults.MAX_MINUTES, metavar="MINUTES",
               help="Stop after this many minutes of training; the schedule is fitted to it after the first epoch.")
 @click.option("--patience", type=int, default=defaults.PATIENCE, show_default=True,
