@@ -113,6 +113,21 @@ def prepare(key: str, work: Path) -> dict:
 
 
 def run_fit(prep: dict, work: Path, name: str, seed: int, options: dict) -> dict:
+    from rs_pgd import defaults
+
+    options = dict(options)
+    saved = {}
+    for key in [k for k in options if k.startswith("_")]:  # "_AUTO_MIN_STEPS": 200 sets a rs_pgd.defaults constant
+        saved[key[1:]] = getattr(defaults, key[1:])
+        setattr(defaults, key[1:], options.pop(key))
+    try:
+        return _run_fit(prep, work, name, seed, options)
+    finally:
+        for key, value in saved.items():
+            setattr(defaults, key, value)
+
+
+def _run_fit(prep: dict, work: Path, name: str, seed: int, options: dict) -> dict:
     import rasterio
 
     from rs_pgd import fit
