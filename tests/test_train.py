@@ -352,8 +352,9 @@ class _Calls:
 
 def test_early_stopping_keeps_the_best_model_and_writes_it_only_when_it_improves(tmp_path, small_scene, demo_labels,
                                                                               monkeypatch, caplog):
-    """A learning rate too small to change anything: epoch 1 stays the best, and --patience 2 stops after epoch
-    3; the checkpoint is written once (epoch 1), the resume state once (at the end)."""
+    """A learning rate too small to change anything: epoch 1 stays the best; --patience 2 counts from epoch 3, the
+    first past half of the 6 planned steps, and stops after epoch 5. The checkpoint is written once (epoch 1),
+    the resume state once (at the end)."""
     saves, resumes = _Calls(monkeypatch, "save"), _Calls(monkeypatch, "save_resume")
     out = tmp_path / "m.safetensors"
     opts = FAST | {"epochs": 6, "val_fraction": 0.25, "patience": 2, "lr": 1e-12, "norm": "frozen",
@@ -361,11 +362,11 @@ def test_early_stopping_keeps_the_best_model_and_writes_it_only_when_it_improves
     with caplog.at_level("INFO", logger="rs_pgd"):
         result = fit(small_scene, demo_labels, out, **opts)
     assert result.stopped == "patience"
-    assert [h["epoch"] for h in result.history] == [1, 2, 3] and result.best["epoch"] == 1
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5] and result.best["epoch"] == 1
     assert saves.count == 1 and resumes.count == 1
     meta = read_header(out)
     assert meta.best["epoch"] == 1 and len(meta.history) == 1
-    assert int(load_resume(out)["epoch"]) == 3
+    assert int(load_resume(out)["epoch"]) == 5
     # per-class IoU and F1 in the log and in the history
     assert "per class IoU/F1: water" in caplog.text and "no better validation mIoU in 2 epochs" in caplog.text
     assert {p["name"] for p in result.history[-1]["val_per_class"]} == {"water", "land"}
