@@ -8,16 +8,18 @@ the CLI calls) runs it once, before importing torch; the training code does not 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rs_pgd import defaults
-from rs_pgd.defaults import NORMS, OPTIMIZERS, PRECISIONS, WEIGHTINGS
-from rs_pgd.errors import DeviceError, GridError, LabelError, SceneError, TrainingError
+from rs_pgd.defaults import CLASS_WEIGHT_NAMES, NORMS, OPTIMIZERS, PRECISIONS, STEP_EVERY_NAMES, WEIGHTINGS
+from rs_pgd.errors import DeviceError, GridError, LabelError, OptionError, SceneError, TrainingError
 from rs_pgd.grid import validate_geometry
 
-STEP_EVERY_SCENE = defaults.STEP_EVERY
+STEP_EVERY_SCENE = "scene"
+STEP_EVERY_AUTO = "auto"
 
 
 @dataclass
@@ -41,11 +43,16 @@ class FitConfig:
     batch_size: int = defaults.BATCH_SIZE
     epochs: int = defaults.EPOCHS
     max_steps: int | None = None
+    max_minutes: float | None = defaults.MAX_MINUTES
+    warmup: float = defaults.WARMUP
+    patience: int = defaults.PATIENCE
+    resume_every_minutes: float = defaults.RESUME_EVERY_MINUTES
+    class_weights: str = defaults.CLASS_WEIGHTS
     lr: float = defaults.LR
     weight_decay: float = defaults.WEIGHT_DECAY
     optimizer: str = defaults.OPTIMIZER
     momentum: float = defaults.MOMENTUM
-    step_every: str | int = STEP_EVERY_SCENE
+    step_every: str | int = defaults.STEP_EVERY
     weighting: str = defaults.WEIGHTING
     hard_mining: float | None = None
     hard_mining_unbiased: bool = True
@@ -76,7 +83,7 @@ def make_config(options: dict) -> FitConfig:
     unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(f"fit() got unknown options {unknown}; valid: {sorted(known)}")
-    config = FitConfig(**{k: v for k, v in options.items() if v is not None or k in ("stride", "max_steps")})
+    config = FitConfig(**{k: v for k, v in options.items() if v is not None or k in ("stride", "max_steps", "max_minutes")})
     _validate_config(config)
     return config
 
@@ -90,13 +97,13 @@ def _validate_config(c: FitConfig) -> None:
         raise TrainingError(f"unknown optimizer {c.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     if c.norm not in NORMS:
         raise TrainingError(f"unknown norm {c.norm!r}; choose one of {', '.join(NORMS)}")
-    if c.step_every != STEP_EVERY_SCENE:
+    if c.step_every not in STEP_EVERY_NAMES:
         try:
             c.step_every = int(c.step_every)
         except (TypeError, ValueError):
-            raise TrainingError(f"--step-every {c.step_every!r} must be 'scene' or a number of windows") from None
+            raise TrainingError(f"--step-every {c.step_every!r} must be 'auto', 'scene' or a number of windows") from None
         if c.step_every < 1:
-            raise TrainingError("--step-every must be 'scene' or a positive number of windows")
+            raise TrainingError("--step-every must be 'auto', 'scene' or a positive number of windows")
     if c.hard_mining is not None and not 0 < c.hard_mining <= 1:
         raise TrainingError(f"--hard-mining {c.hard_mining} must be a fraction in (0, 1]")
     if not 0 <= c.val_fraction < 1:
@@ -113,6 +120,9 @@ def _validate_config(c: FitConfig) -> None:
     from rs_pgd.runtime import parse_threads
 
     c.threads = parse_threads(c.threads)
+    _validate_budget(c)
+    if c.class_weights not in CLASS_WEIGHT_NAMES:
+        read_class_weights(c.class_weights)
     validate_geometry(c.tile, c.margin, c.stride)
     if c.bbox is not None:
         c.bbox = _check_bbox(c.bbox)
@@ -138,6 +148,64 @@ def _check_bbox(bbox) -> list[float]:
     return values
 
 
+def _validate_budget(c: FitConfig) -> None:
+    """The training budget's options: time limits, warm-up share, early-stopping patience."""
+    if c.max_minutes is not None and not _positive_number(c.max_minutes):
+        raise OptionError(f"--max-minutes {c.max_minutes} must be a positive number of minutes")
+    if not _positive_number(c.resume_every_minutes, zero=True):
+        raise OptionError(f"--resume-every-minutes {c.resume_every_minutes} must be 0 (after every step) or a "
+                          "positive number of minutes")
+    if not (_positive_number(c.warmup, zero=True) and c.warmup < 1):
+        raise OptionError(f"--warmup {c.warmup} must be a share of the planned steps in [0, 1), e.g. 0.05")
+    if isinstance(c.patience, bool) or not isinstance(c.patience, int) or c.patience < 0:
+        raise OptionError(f"--patience {c.patience} must be 0 (never stop early) or a positive whole number of "
+                          "validations without a better validation mIoU")
+
+
+def _positive_number(value, zero: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return value >= 0 if zero else value > 0
+
+
+CLASS_WEIGHTS_FORM = 'a JSON object of class name: weight, e.g. {"water": 1, "land": 3.5}'
+
+
+def read_class_weights(path) -> dict[str, float]:
+    """The per-class loss weights of a ``--class-weights`` JSON file: ``{class name: weight >= 0}``.
+
+    Raises
+    ------
+    OptionError
+        One line naming the file and what is wrong with it: missing, unreadable, not JSON, not an object of
+        names to numbers, a negative, infinite or non-numeric weight, or no positive weight at all.
+    """
+    import json
+
+    where = f"--class-weights {path}"
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise OptionError(f"{where}: no such file; give auto, none or {CLASS_WEIGHTS_FORM}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OptionError(f"{where} cannot be read ({type(exc).__name__}); give {CLASS_WEIGHTS_FORM}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise OptionError(f"{where} is not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); give "
+                          f"{CLASS_WEIGHTS_FORM}") from None
+    if not isinstance(data, dict) or not data:
+        raise OptionError(f"{where} holds {'{}' if data == {} else type(data).__name__}; give {CLASS_WEIGHTS_FORM}")
+    weights = {}
+    for name, value in data.items():
+        if not _positive_number(value, zero=True):
+            raise OptionError(f"{where}: the weight of {name!r} is {json.dumps(value)}; give a finite number >= 0")
+        weights[str(name)] = float(value)
+    if not any(weights.values()):
+        raise OptionError(f"{where}: every weight is 0; give at least one class a positive weight")
+    return weights
+
+
 def preflight_fit(scenes, labels, output, options: dict) -> FitConfig:
     """Check a fit's options, output path and inputs before any heavy import; return the config.
 
@@ -156,7 +224,8 @@ def preflight_fit(scenes, labels, output, options: dict) -> FitConfig:
     if config.val_scene is not None:
         scenes, labels = [*scenes, config.val_scene], [*labels, config.val_labels]
     check_outputs({"output": output, "resume state": resume_path(output), "training curve": sibling(output, ".curve.png"),
-                   "--log-json": config.log_json}, inputs=[*scenes, *labels, config.encoder_weights])
+                   "--log-json": config.log_json},
+                  inputs=[*scenes, *labels, config.encoder_weights, _weights_file(config)])
     if config.device == "cuda" and not cuda_visible():
         raise DeviceError("--device cuda was asked for but CUDA is not available here; use --device cpu or auto")
     area = area_of_interest(config.bbox, config.bbox_crs, config.aoi)
@@ -172,6 +241,10 @@ def preflight_fit(scenes, labels, output, options: dict) -> FitConfig:
 
         raise ModelError(f"encoder weights file {config.encoder_weights!r} not found; give a local .pth or .safetensors file")
     return config
+
+
+def _weights_file(config: FitConfig):
+    return None if config.class_weights in CLASS_WEIGHT_NAMES else config.class_weights
 
 
 def _is_raster_path(path) -> bool:

@@ -107,6 +107,15 @@ class Distributed:
         self._collective(lambda: torch.distributed.all_reduce(tensor), "sum values across ranks")
         return tensor.cpu().numpy().astype(array.dtype)
 
+    def agree(self, flag: bool, device: torch.device) -> bool:
+        """Rank 0's ``flag`` on every rank: decisions taken from a clock (time budgets, when to save) must be the
+        same everywhere, or ranks would wait for each other at different places."""
+        if not self.enabled:
+            return bool(flag)
+        tensor = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64, device=device)
+        torch.distributed.broadcast(tensor, 0)
+        return bool(tensor.item())
+
     def barrier(self) -> None:
         if self.enabled:
             self._collective(torch.distributed.barrier, "wait for the other ranks")

@@ -32,16 +32,38 @@ from rs_pgd.errors import NonFiniteLossError, TrainingError
 
 
 # -- loss ---------------------------------------------------------------------------------------------------
-def pixel_losses(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def pixel_losses(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                 class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted per-pixel cross-entropy, ``(B, H, W)``; zero where ``target == 255`` or ``weight == 0``.
 
-    Low-precision logits (float16/bfloat16) are promoted to float32 before the softmax.
+    ``weight`` is the coverage weight of each pixel; ``class_weights`` (K,), when given, multiplies each pixel's
+    term by the weight of its reference class (:func:`pixel_weights`). Low-precision logits (float16/bfloat16) are
+    promoted to float32 before the softmax.
     """
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     target = target.long()
     ce = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="none")
-    return ce * weight.to(device=ce.device, dtype=ce.dtype)
+    return ce * pixel_weights(target, weight, class_weights, ce.dtype, ce.device)
+
+
+def pixel_weights(target: torch.Tensor, weight: torch.Tensor, class_weights=None, dtype=None, device=None):
+    """Each pixel's weight in the loss: its coverage weight times the weight of its class (ignored pixels: 0).
+
+    The per-pixel product keeps the loss a sum over pixels, so PGD's decomposition holds with class weights: the
+    group normaliser is then the group's sum of these weights (:func:`group_normaliser` with the same
+    ``class_weights``), and the step follows the gradient of the class-weighted mean cross-entropy
+    (``F.cross_entropy(..., weight=class_weights)`` on the whole scene).
+    """
+    dtype = dtype or torch.float32
+    weight = weight.to(device=device, dtype=dtype)
+    if class_weights is None:
+        return weight
+    class_weights = torch.as_tensor(class_weights, dtype=dtype, device=weight.device)
+    target = target.to(weight.device).long()
+    labelled = target != IGNORE_INDEX
+    per_class = class_weights[torch.where(labelled, target, torch.zeros_like(target))]
+    return torch.where(labelled, weight * per_class, torch.zeros_like(weight))
 
 
 def centre_loss_sum(
@@ -49,6 +71,7 @@ def centre_loss_sum(
     target: torch.Tensor,
     weight: torch.Tensor,
     window_weight: torch.Tensor | float | None = None,
+    class_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sum over pixels of ``weight * cross_entropy(logits, target)`` (ignore index 255).
 
@@ -59,12 +82,14 @@ def centre_loss_sum(
     weight : (B, H, W) float tensor: coverage weights, zero outside the centre and on invalid pixels.
     window_weight : (B,) tensor or float, optional
         A per-window multiplier (window weighting, or importance weights from :func:`select_windows`).
+    class_weights : (K,) tensor, optional
+        Per-class loss weights (:func:`pixel_weights`).
 
     Returns
     -------
-    A scalar tensor; divide it by :func:`group_normaliser` before ``backward``.
+    A scalar tensor; divide it by :func:`group_normaliser` (with the same ``class_weights``) before ``backward``.
     """
-    per_window = pixel_losses(logits, target, weight).flatten(1).sum(1)
+    per_window = pixel_losses(logits, target, weight, class_weights).flatten(1).sum(1)
     if window_weight is not None:
         per_window = per_window * torch.as_tensor(
             window_weight, dtype=per_window.dtype, device=per_window.device
@@ -79,23 +104,61 @@ def window_loss(
     return centre_loss_sum(logits, target, weight) / norm
 
 
-def group_normaliser(pairs: Iterable[tuple], ignore_index: int = IGNORE_INDEX) -> float:
+def group_normaliser(pairs: Iterable[tuple], ignore_index: int = IGNORE_INDEX, class_weights=None) -> float:
     """The group's count of valid labelled centre pixels: the sum of coverage weights where ``target != 255``.
 
     Parameters
     ----------
     pairs : iterable of ``(target, weight)``
         Per window (or per batch), numpy arrays or tensors of the same shape.
+    class_weights : (K,) array, optional
+        Per-class loss weights: the normaliser is then the sum of each labelled pixel's coverage weight times
+        its class weight (:func:`pixel_weights`).
 
     With partition-of-unity weights this equals the number of valid labelled scene pixels covered by the group's
     windows (the whole scene when the group is every window). Computed in float64.
     """
     total = 0.0
+    lookup = None if class_weights is None else np.asarray(class_weights, dtype=np.float64)
     for target, weight in pairs:
         target = _as_numpy(target)
         weight = _as_numpy(weight).astype(np.float64, copy=False)
-        total += float(weight[target != ignore_index].sum())
+        labelled = target != ignore_index
+        if lookup is None:
+            total += float(weight[labelled].sum())
+        else:
+            total += float((weight[labelled] * lookup[target[labelled].astype(np.int64)]).sum())
     return total
+
+
+def class_weights_from_counts(pixels: np.ndarray, power: float, max_weight: float) -> np.ndarray:
+    """``--class-weights auto``: per-class loss weights from the training pixels of each class.
+
+    ``w_k = s * f_k ** -power`` where ``f_k`` is class k's share of the labelled training pixels and ``s`` makes the
+    pixel-weighted mean weight 1 (``sum_k f_k w_k = 1``, so the loss keeps its scale and the learning rate its
+    meaning); then no weight exceeds ``max_weight``. ``power`` 1 is inverse frequency, 0.5 its square root (a
+    rare class gains less), 0 no weighting. Classes without a training pixel get weight 1 (they never enter the
+    loss).
+
+    Parameters
+    ----------
+    pixels : (K,) array
+        Labelled training pixels of each class (coverage-weighted, so overlapping windows count a pixel once).
+    power, max_weight : float
+
+    Returns
+    -------
+    (K,) float64 array.
+    """
+    pixels = np.asarray(pixels, dtype=np.float64)
+    weights = np.ones(pixels.size)
+    present = pixels > 0
+    if not present.any():
+        return weights
+    share = pixels[present] / pixels[present].sum()
+    raw = share ** -float(power)
+    weights[present] = np.minimum(raw / float((share * raw).sum()), float(max_weight))
+    return weights
 
 
 def _as_numpy(array) -> np.ndarray:
@@ -214,10 +277,13 @@ class PGDAccumulator:
         Where batches go; defaults to the model's parameters' device.
     max_grad_norm : float, optional
         Clip the accumulated gradient to this total norm before stepping.
+    class_weights : (K,) tensor or array, optional
+        Per-class loss weights (:func:`pixel_weights`); ``normaliser`` must then be the class-weighted one.
     """
 
     def __init__(
-        self, model, optimizer, normaliser, scaler=None, autocast_dtype=None, device=None, max_grad_norm=None
+        self, model, optimizer, normaliser, scaler=None, autocast_dtype=None, device=None, max_grad_norm=None,
+        class_weights=None,
     ):
         if not normaliser or not math.isfinite(normaliser) or normaliser <= 0:
             raise TrainingError(
@@ -230,6 +296,7 @@ class PGDAccumulator:
         self.autocast_dtype = autocast_dtype
         self.device = torch.device(device) if device is not None else _model_device(model)
         self.max_grad_norm = max_grad_norm
+        self.class_weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float64)
         self.result = StepResult()
 
     def add(self, batch: dict, window_weight=None, sync: bool = True) -> torch.Tensor:
@@ -250,7 +317,7 @@ class PGDAccumulator:
         with context:
             with self._autocast():
                 logits = self.model(image)
-            per_window = pixel_losses(logits, target, weight).flatten(1).sum(1)
+            per_window = pixel_losses(logits, target, weight, self.class_weights).flatten(1).sum(1)
             weighted = per_window
             if window_weight is not None:
                 weighted = per_window * torch.as_tensor(
@@ -262,6 +329,8 @@ class PGDAccumulator:
                 raise NonFiniteLossError(float(loss.detach()))
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         raw = per_window.detach()
+        if self.class_weights is not None:  # the loss table's pixel counts: the same weights as the loss
+            weight = pixel_weights(target, weight, self.class_weights, torch.float32)
         self._record(batch.get("index"), raw, weight, float(loss.detach()))
         return raw
 
@@ -323,6 +392,7 @@ def pgd_step(
     window_weights: dict | None = None,
     reduce_gradients=None,
     on_batch=None,
+    class_weights=None,
 ) -> StepResult:
     """One PGD step: accumulate the gradients of every batch of the group, then one optimizer step.
 
@@ -342,8 +412,12 @@ def pgd_step(
         optimizer step: distributed training sums the ranks' gradients there (one all-reduce per step).
     on_batch : callable, optional
         ``on_batch(windows, result)`` after every batch, with the batch's window count and the step so far.
+    class_weights : (K,) tensor or array, optional
+        Per-class loss weights (:func:`pixel_weights`); ``normaliser`` is then the group's sum of pixel weights
+        (:func:`group_normaliser` with the same ``class_weights``).
     """
-    accumulator = PGDAccumulator(model, optimizer, normaliser, scaler, autocast_dtype, device, max_grad_norm)
+    accumulator = PGDAccumulator(model, optimizer, normaliser, scaler, autocast_dtype, device, max_grad_norm,
+                                 class_weights)
     optimizer.zero_grad(set_to_none=True)
     for batch, is_last in _with_last(batches):
         multiplier = None

@@ -1,21 +1,28 @@
 """``fit()``: train an SMP model on one or more scenes with Patch Gradient Descent.
 
 Orchestration only: scene reading, labels, window geometry, the PGD step and checkpoints live in their own
-modules. One optimizer step is taken per aggregation group: the whole scene by default (``step_every="scene"``)
-or a number of windows. Within a group the gradient of every window's centre loss is accumulated, normalised
-by the group's count of valid labelled pixels, so the step follows the gradient of the group's mean pixel loss.
+modules. One optimizer step is taken per aggregation group: the whole scene (``step_every="scene"``), a number
+of windows, or by default (``"auto"``) the largest groups that still give the run ``AUTO_MIN_STEPS`` steps. Within
+a group the gradient of every window's centre loss is accumulated, normalised by the group's sum of pixel weights
+(labelled pixels, times their class weights), so the step follows the gradient of the group's mean pixel loss.
+
+The budget: ``epochs`` passes (the plan of the schedule: the learning rate rises linearly over the first
+``warmup`` share of the planned steps, then follows a cosine to 0), fitted to ``max_minutes`` once the speed is
+known; ``max_steps`` stops a run where it stands (a resume then goes on exactly); with validation the run stops
+early after ``patience`` epochs without a better validation mIoU.
 
 Files written next to ``output`` (``model.safetensors`` say):
 
-- ``model.safetensors``: the best model so far (by validation mIoU; the last one without validation), with its
-  self-describing metadata. This is what ``predict`` takes.
-- ``model.resume.pt``: weights, optimizer, scheduler, loss table and history after the last finished epoch, for
-  ``--resume`` (loaded with ``torch.load(weights_only=True)``: no code runs).
+- ``model.safetensors``: the best model (by validation mIoU, written when it improves; without validation the
+  last one, written with each resume state), with its self-describing metadata. This is what ``predict`` takes.
+- ``model.resume.pt``: weights, optimizer, scheduler, loss table and history, for ``--resume`` (loaded with
+  ``torch.load(weights_only=True)``: no code runs); written at most every ``resume_every_minutes`` (at a step or
+  epoch boundary) and when the run ends.
 - ``model.curve.png``: the training curve. ``log_json`` (optional): one JSON line per optimizer step.
 
 Resuming is exact: every epoch draws its window order, augmentation and hard-example sample from
-``(seed, epoch)`` alone, so a run stopped at any moment and resumed from the last finished epoch ends with the
-same weights as an uninterrupted run (CPU, same seed).
+``(seed, epoch)`` alone, so a run stopped at any moment and resumed from its last written resume state ends with
+the same weights as an uninterrupted run (CPU, same seed).
 """
 
 from __future__ import annotations
@@ -32,8 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rs_pgd import __version__
-from rs_pgd.config import STEP_EVERY_SCENE, FitConfig
+from rs_pgd import __version__, defaults
+from rs_pgd.config import STEP_EVERY_AUTO, STEP_EVERY_SCENE, FitConfig
 from rs_pgd.errors import GridError, LabelError, NonFiniteLossError, RsPgdError, TrainingError
 from rs_pgd.grid import WindowGrid
 from rs_pgd.output import sibling
@@ -56,6 +63,7 @@ class FitResult:
     history: list
     best: dict | None
     steps: int
+    stopped: str | None = None
 
 
 def train(scenes: list, labels: list, output: Path, config: FitConfig, *, resume: bool = False,
@@ -89,13 +97,20 @@ class Trainer:
         self.precision_reason = choice.reason
         logger.info("precision %s (%s)", self.precision, choice.reason)
         self.sources, self.class_table, self.scene_meta = _open_sources(scenes, labels, config, n_train)
-        self.train_items, self.val_items, self.counts = _plan_windows(self.sources, config, n_train,
-                                                                      self.class_table.names)
+        self.train_items, self.val_items, _, class_pixels = _plan_windows(self.sources, config, n_train,
+                                                                          self.class_table.names)
+        self.class_pixels = class_pixels.sum(axis=0)  # every class's labelled training pixels
+        self.class_weights = _class_weights(config, self.class_pixels, self.class_table.names)
+        self.counts = class_pixels @ self.class_weights  # group normalisers: sums of pixel weights, float64
+        self._drop_weightless_windows()
+        self.grouping = _grouping(config, len(self.train_items))
+        self.plan = _plan_steps(config, self._steps_per_epoch())
+        logger.info("%s", self._describe_plan())
         torch.manual_seed(config.seed)  # the initial weights depend on the seed alone
         self.model, self.spec = _build(self.sources, self.class_table, config, self.device, model)
         self.input_dtype = next(self.model.parameters()).dtype
         self.optimizer = _optimizer(self.model, config)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _cosine_schedule(config.epochs))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_schedule(self.plan))
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "16-mixed" else None
         self.loss_table = np.full(len(self.train_items), np.nan)
         self.history: list[dict] = []
@@ -103,49 +118,189 @@ class Trainer:
         self.start_epoch = 0
         self.steps = 0
         self.resume_at: dict | None = None  # set by a resume state written in the middle of an epoch
+        self.saved_steps: int | None = None  # steps of the last resume state written (or resumed from)
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
+        self.checkpoint_written = False
+        self.started = time.monotonic()
+        self.last_save = self.started
+
+    def _drop_weightless_windows(self) -> None:
+        """Leave out training windows whose pixels all have class weight 0 (they would add nothing to a group)."""
+        keep = self.counts > 0
+        if keep.all():
+            return
+        if not keep.any():
+            raise LabelError("--class-weights gives weight 0 to every class of the training pixels; give at least "
+                             "one class that the labels hold a positive weight")
+        self.train_items = [item for item, k in zip(self.train_items, keep) if k]
+        self.counts = self.counts[keep]
+        logger.info("%d training windows hold only classes of weight 0 and are left out", int((~keep).sum()))
+
+    def _steps_per_epoch(self) -> int:
+        kind, value = self.grouping
+        if kind == STEP_EVERY_SCENE:
+            return len({s for s, _ in self.train_items})
+        if kind == "split":
+            return value
+        return math.ceil(len(self.train_items) / value)
+
+    def _describe_plan(self) -> str:
+        c = self.config
+        kind, value = self.grouping
+        n = len(self.train_items)
+        if kind == STEP_EVERY_SCENE:
+            grouping = "one optimizer step per pass over each scene"
+        elif kind == "split":
+            small, large = n // value, -(-n // value)
+            size = f"{small}" if small == large else f"{small}-{large}"
+            grouping = f"{value} optimizer steps per epoch, on groups of {size} window{'s' if large > 1 else ''}"
+        else:
+            grouping = f"one optimizer step every {value} window{'s' if value > 1 else ''}"
+        if c.step_every == STEP_EVERY_AUTO:
+            grouping += f" (--step-every auto: {n} training windows, at least {defaults.AUTO_MIN_STEPS} steps in "
+            grouping += f"{c.epochs} epochs)"
+        text = (f"plan: {grouping}; {self.plan['steps']} steps in {c.epochs} epochs (warm-up {self.plan['warmup']} "
+                "steps, then cosine)")
+        if c.max_steps:
+            text += f", stopping after {c.max_steps} steps (--max-steps)"
+        if c.max_minutes:
+            text += f", fitted to {c.max_minutes:g} minutes once the speed is known (--max-minutes)"
+        if self.val_items and c.patience:
+            text += (f"; early stop after {c.patience} epochs without a better validation mIoU (counted from half of "
+                     "the planned steps on)")
+        return text
 
     # -- main loop ----------------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> FitResult:
         if resume:
             self._load_resume_state()
-        log = open(self.config.log_json, "a", encoding="utf-8") if self.config.log_json and self.dist.is_main else None
+        self.started = self.last_save = time.monotonic()  # --max-minutes and --resume-every-minutes count from here
+        self.plan["first_step"] = self.steps
+        self.plan.pop("timed", None)
+        c = self.config
+        log = open(c.log_json, "a", encoding="utf-8") if c.log_json and self.dist.is_main else None
         epoch = self.start_epoch
+        stopped = None
         try:
-            for epoch in range(self.start_epoch, self.config.epochs):
-                if self._max_steps_reached():
+            for epoch in range(self.start_epoch, c.epochs):
+                stopped = self._stop_reason()
+                if stopped:
                     break
                 resume_at, self.resume_at = self.resume_at, None
                 history, best = list(self.history), self.best
                 train_loss, unfinished = self._train_epoch(epoch, log, resume_at)
                 scores = self._validate() if self.val_items else None
-                self._record_epoch(epoch, train_loss, scores, partial=unfinished is not None)
-                if unfinished is None:
-                    self.scheduler.step()
-                    self._save(self._resume_state(epoch + 1))
-                else:  # --max-steps stopped mid-epoch: resume from this very step, as if never stopped
-                    self._save(self._resume_state(epoch, unfinished, history, best))
+                improved = self._record_epoch(epoch, train_loss, scores, partial=unfinished is not None)
+                if improved and scores is not None:
+                    self._save(checkpoint=True)  # the best model, as soon as it is better
+                self._fix_time_plan(epoch_end=True)
+                stopped = self._stop_reason()
+                if unfinished is not None or stopped or epoch + 1 == c.epochs or self._save_due():
+                    if unfinished is None:
+                        state = self._resume_state(epoch + 1)
+                    else:  # --max-steps or --max-minutes stopped mid-epoch: resume from this very step
+                        state = self._resume_state(epoch, unfinished, history, best)
+                    self._save(state, checkpoint=not self.val_items)
+                if stopped:
+                    break
         except KeyboardInterrupt:
-            from rs_pgd.checkpoint import resume_path
-
-            raise KeyboardInterrupt(
-                f"training stopped during epoch {epoch + 1}; continue with the same command plus --resume "
-                f"(state after epoch {epoch} is in {resume_path(self.output)})"
-            ) from None
+            raise KeyboardInterrupt(f"training stopped during epoch {epoch + 1}; {self._resume_hint()}") from None
         finally:
             if log:
                 log.close()
             self.dist.close()
+        if stopped:
+            self._log_stop(stopped)
         if not self.dist.is_main:
-            return FitResult(self.output, self.history, self.best, self.steps)
+            return FitResult(self.output, self.history, self.best, self.steps, stopped)
         _plot_curve(self.history, sibling(self.output, ".curve.png"))
-        return FitResult(self.output, self.history, self.best, self.steps)
+        return FitResult(self.output, self.history, self.best, self.steps, stopped)
 
+    def _resume_hint(self) -> str:
+        from rs_pgd.checkpoint import resume_path
+
+        if self.saved_steps is None:
+            return "no resume state was written yet, so --resume would start afresh"
+        return (f"continue with the same command plus --resume (the state after step {self.saved_steps} is in "
+                f"{resume_path(self.output)})")
+
+    # -- the budget ---------------------------------------------------------------------------------------
     def _max_steps_reached(self) -> bool:
         return self.config.max_steps is not None and self.steps >= self.config.max_steps
 
+    def _elapsed_minutes(self) -> float:
+        return (time.monotonic() - self.started) / 60.0
+
+    def _out_of_time(self) -> bool:
+        """Whether --max-minutes has passed (rank 0's clock decides for every rank)."""
+        if self.config.max_minutes is None:
+            return False
+        return self.dist.agree(self._elapsed_minutes() >= self.config.max_minutes, self.device)
+
+    def _budget_spent(self) -> bool:
+        """--max-steps or --max-minutes reached: stop before the next optimizer step."""
+        return self._max_steps_reached() or self._out_of_time()
+
+    def _stop_reason(self) -> str | None:
+        """Why the run ends now (``max_steps``, ``max_minutes``, ``patience``), or None to go on."""
+        if self._max_steps_reached():
+            return "max_steps"
+        if self._out_of_time():
+            return "max_minutes"
+        if self._patience_spent():
+            return "patience"
+        return None
+
+    def _patience_spent(self) -> bool:
+        """``--patience`` epochs without a better validation mIoU, counted from the best epoch or from the first
+        epoch past half of the planned steps, whichever is later: while the learning rate is above half its peak
+        (the first half of the cosine) a plateau is no reason to stop. In every full 40-epoch run measured on the
+        shared scenes the best validation epoch came in the second half (docs/experiments.md)."""
+        patience = self.config.patience
+        if not (patience and self.val_items and self.history and self.best) or self.best.get("val_miou") is None:
+            return False
+        past_half = [h["epoch"] for h in self.history if h["steps"] >= self.plan["steps"] / 2]
+        if not past_half:
+            return False
+        return self.history[-1]["epoch"] - max(self.best["epoch"], past_half[0]) >= patience
+
+    def _log_stop(self, reason: str) -> None:
+        c = self.config
+        why = {"max_steps": f"--max-steps {c.max_steps} reached",
+               "max_minutes": f"--max-minutes {c.max_minutes} reached",
+               "patience": f"no better validation mIoU in {c.patience} epochs (--patience)"}[reason]
+        best = self.best or {}
+        if best.get("val_miou") is not None:
+            why += f"; best validation mIoU {best['val_miou']:.4f} at epoch {best['epoch']}"
+        logger.info("stopped after %d steps: %s", self.steps, why)
+
+    def _save_due(self) -> bool:
+        """Whether --resume-every-minutes has passed since the last resume state (rank 0 decides)."""
+        due = time.monotonic() - self.last_save >= 60.0 * self.config.resume_every_minutes
+        return self.dist.agree(due, self.device)
+
+    def _fix_time_plan(self, epoch_end: bool) -> None:
+        """Under --max-minutes, plan the schedule's length once from the measured speed: after the first epoch, or
+        after a tenth of the budget when an epoch is longer than that. The cosine then ends near the deadline."""
+        c = self.config
+        if c.max_minutes is None or self.plan.get("timed") or self.steps <= self.plan["first_step"]:
+            return
+        elapsed = self._elapsed_minutes()
+        if not epoch_end and elapsed < 0.1 * c.max_minutes:
+            return
+        taken = self.steps - self.plan["first_step"]
+        fits = int(taken * c.max_minutes / max(elapsed, 1e-9))
+        steps = self.dist.sum_array(np.array([fits if self.dist.is_main else 0]), self.device)[0]
+        planned = max(self.steps + 1, min(self.plan["steps"], self.plan["first_step"] + int(steps)))
+        self.plan.update(steps=planned, warmup=_warmup_steps(c, planned), timed=True)
+        logger.info("--max-minutes %g: %.2f s per step so far, %d steps planned", c.max_minutes,
+                    60.0 * elapsed / taken, planned)
+
     def _train_epoch(self, epoch: int, log, resume_at: dict | None = None) -> tuple[float, dict | None]:
         """Train one epoch (or its rest, after a mid-epoch resume); return its mean group loss and, when
-        ``--max-steps`` stopped it early, where it stopped (None when it finished)."""
+        ``--max-steps`` or ``--max-minutes`` stopped it early, where it stopped (None when it finished).
+
+        Between steps, a resume state is written when ``--resume-every-minutes`` has passed."""
         from rs_pgd.models import set_norm_mode
 
         c = self.config
@@ -164,7 +319,7 @@ class Trainer:
         for number, (group, share) in enumerate(zip(groups, shares)):
             if number < done:
                 continue
-            if self._max_steps_reached():
+            if self._budget_spent():
                 bar.close()
                 return float(np.mean(losses)), {"groups_done": number, "losses": losses,
                                                  "start_loss_table": start_table}
@@ -172,13 +327,19 @@ class Trainer:
             loss = self._train_group(group, share, itertools.islice(batches, n_batches), bar)
             losses.append(loss)
             self.steps += 1
+            self.last_lr = self.optimizer.param_groups[0]["lr"]
+            self.scheduler.step()  # the schedule is per optimizer step
             if c.max_steps is not None:  # the bar counts this epoch's windows; its label, the steps
                 bar.set_description(self._bar_label(epoch))
             if log:
                 log.write(json.dumps({"epoch": epoch + 1, "step": self.steps, "loss": loss,
-                                      "windows": len(group["items"]), "lr": self.optimizer.param_groups[0]["lr"],
+                                      "windows": len(group["items"]), "lr": self.last_lr,
                                       "time": round(time.time(), 3)}) + "\n")
                 log.flush()
+            self._fix_time_plan(epoch_end=False)
+            if number + 1 < len(groups) and self._save_due():
+                unfinished = {"groups_done": number + 1, "losses": list(losses), "start_loss_table": start_table}
+                self._save(self._resume_state(epoch, unfinished), checkpoint=not self.val_items)
         bar.close()
         return (float(np.mean(losses)) if losses else float("nan")), None
 
@@ -208,17 +369,20 @@ class Trainer:
                                  seed=_epoch_seed(c.seed, epoch), batch_sampler=batches))
 
     def _plan_groups(self, rng, loss_table: np.ndarray) -> list[dict]:
-        """This epoch's optimizer steps: shuffled windows, grouped by scene or by ``step_every`` windows.
+        """This epoch's optimizer steps: shuffled windows, grouped by scene, by N windows, or cut into k equal groups.
 
         ``loss_table`` holds every window's latest loss at the start of the epoch (for loss weighting and
         hard-example mining)."""
         c = self.config
         order = rng.permutation(len(self.train_items))
-        if c.step_every == STEP_EVERY_SCENE:
+        kind, size = self.grouping
+        if kind == STEP_EVERY_SCENE:
             chunks = [[i for i in order if self.train_items[i][0] == s] for s in range(len(self.sources))]
             chunks = [ch for ch in chunks if ch]
+        elif kind == "split":  # --step-every auto: the epoch cut into `size` groups of equal size (one window more or less)
+            chunks = [list(chunk) for chunk in np.array_split(order, size)]
         else:
-            chunks = [list(order[k : k + c.step_every]) for k in range(0, len(order), c.step_every)]
+            chunks = [list(order[k : k + size]) for k in range(0, len(order), size)]
         groups = []
         for chunk in chunks:
             chunk = np.asarray(chunk)
@@ -263,11 +427,13 @@ class Trainer:
                 self.model, self.optimizer, self._indexed_batches(loader, mine), group["normaliser"],
                 scaler=self.scaler, autocast_dtype=autocast_dtype(self.precision), device=self.device,
                 window_weights=weights, reduce_gradients=reduce if self.dist.enabled else None,
-                on_batch=show,
+                on_batch=show, class_weights=self._loss_class_weights(),
             )
         except NonFiniteLossError as exc:
+            kept = (f"the last good checkpoint is kept at {self.output}" if self.checkpoint_written else
+                    "no checkpoint was written yet")
             error = TrainingError(f"the loss became {exc.value} at step {self.steps + 1}; lower --lr or use "
-                                  f"--precision 32 (the last good checkpoint is kept at {self.output})")
+                                  f"--precision 32 ({kept})")
             if not checked and self.dist.enabled:  # the other ranks wait for this rank's status
                 self.dist.check(error, self.device)
             raise error from None
@@ -282,6 +448,12 @@ class Trainer:
             self._share_loss_table(group["items"], mine, before)
         self.dist.broadcast_buffers(self.model)
         return total
+
+    def _loss_class_weights(self):
+        """The class weights for :func:`rs_pgd.pgd.pgd_step`: None when every weight is 1 (the plain loss)."""
+        if np.all(self.class_weights == 1.0):
+            return None
+        return torch.from_numpy(self.class_weights)
 
     def _indexed_batches(self, loader, mine: list[int]):
         """The loader's batches on the device, in the model's dtype and memory format, each with the loss-table
@@ -364,11 +536,12 @@ class Trainer:
         return result
 
     # -- bookkeeping --------------------------------------------------------------------------------------
-    def _record_epoch(self, epoch: int, train_loss: float, scores: dict | None, partial: bool = False) -> None:
-        entry = {"epoch": epoch + 1, "steps": self.steps, "train_loss": train_loss,
-                 "lr": self.optimizer.param_groups[0]["lr"]}
+    def _record_epoch(self, epoch: int, train_loss: float, scores: dict | None, partial: bool = False) -> bool:
+        """Add the epoch to the history, log it (per-class IoU and F1 too) and return whether the model is the
+        best so far (always true without validation)."""
+        entry = {"epoch": epoch + 1, "steps": self.steps, "train_loss": train_loss, "lr": self.last_lr}
         if partial:
-            entry["partial"] = True  # --max-steps stopped the epoch early
+            entry["partial"] = True  # --max-steps or --max-minutes stopped the epoch early
         if scores is not None:
             entry.update({"val_miou": scores["miou"], "val_accuracy": scores["accuracy"],
                           "val_majority_miou": scores["majority_miou"],
@@ -378,13 +551,16 @@ class Trainer:
         improved = self.best is None or scores is None or (scores["miou"] or 0) > (self.best.get("val_miou") or 0)
         if improved:
             self.best = dict(entry)
-            self._best_pending = True
-        else:
-            self._best_pending = False
-        msg = f"epoch {epoch + 1}{' (stopped by --max-steps)' if partial else ''}: train loss {train_loss:.4f}"
+        stop = " (stopped by the budget)" if partial else ""
+        msg = f"epoch {epoch + 1}{stop}: step {self.steps}, train loss {train_loss:.4f}"
         if scores is not None:
-            msg += f", val mIoU {scores['miou']:.4f}, accuracy {scores['accuracy']:.4f}"
+            msg += f", val mIoU {_score(scores['miou'])}, accuracy {_score(scores['accuracy'])}"
+            msg += "; per class IoU/F1: " + ", ".join(
+                f"{p['name']} {_score(p['iou'], 2)}/{_score(p['f1'], 2)}" for p in scores["per_class"])
+            if improved:
+                msg += " (best)"
         logger.info(msg)
+        return improved
 
     def metadata(self):
         """Everything inference needs, and the story of the run: the :class:`rs_pgd.checkpoint.CheckpointMeta`."""
@@ -404,7 +580,7 @@ class Trainer:
             classes=self.class_table.to_dict(),
             geometry={"tile": c.tile, "margin": c.margin, "stride": first.grid.stride, "align": first.grid.align},
             training_scenes=tuple(self.scene_meta["scenes"]),
-            config=_jsonable(asdict(c)),
+            config=_jsonable(asdict(c)) | {"plan": self.plan_summary()},
             precision=self.precision,
             precision_reason=self.precision_reason,
             history=tuple(_jsonable(self.history)),
@@ -412,11 +588,22 @@ class Trainer:
             steps=self.steps,
         )
 
+    def plan_summary(self) -> dict:
+        """What the options resolved to, stored in the checkpoint's ``config["plan"]``: the group size, the planned
+        steps and warm-up, and each class's training pixels and loss weight."""
+        names = list(self.class_table.names)
+        return _jsonable({
+            "grouping": list(self.grouping), "steps_per_epoch": self._steps_per_epoch(),
+            "planned_steps": self.plan["steps"], "warmup_steps": self.plan["warmup"],
+            "class_weights": dict(zip(names, np.round(self.class_weights, 6).tolist())),
+            "class_pixels": dict(zip(names, np.round(self.class_pixels, 3).tolist())),
+        })
+
     def _resume_state(self, epoch: int, unfinished: dict | None = None, history=None, best=None) -> dict:
         """Everything ``--resume`` needs to go on as if never stopped: at the start of ``epoch`` (0-based), or,
         with ``unfinished``, after its first ``groups_done`` groups (the epoch's plan is rebuilt from the seed and
         the loss table at the epoch's start). ``history``/``best`` default to the current ones."""
-        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        state = _cpu_state(self.model)
         resume = {
             "epoch": epoch,
             "steps": self.steps,
@@ -436,24 +623,32 @@ class Trainer:
             resume["start_loss_table"] = torch.from_numpy(np.asarray(unfinished["start_loss_table"]).copy())
         return resume
 
-    def _save(self, resume: dict) -> None:
-        """Rank 0 writes the checkpoints; every rank learns whether that worked (a failed write stops them all)."""
+    def _save(self, resume: dict | None = None, checkpoint: bool = False) -> None:
+        """Write the checkpoint (``checkpoint``: the current model, with its metadata) and/or the resume state.
+
+        Rank 0 writes; every rank learns whether that worked (a failed write stops them all)."""
         error = None
         if self.dist.is_main:
             try:
-                self._write_checkpoints(resume)
+                self._write_checkpoints(resume, checkpoint)
             except Exception as exc:
                 if not self.dist.enabled:
                     raise
                 error = exc
         self.dist.check(error, self.device)
+        if resume is not None:
+            self.saved_steps = self.steps
+            self.last_save = time.monotonic()
 
-    def _write_checkpoints(self, resume: dict) -> None:
-        from rs_pgd import checkpoint
+    def _write_checkpoints(self, resume: dict | None, checkpoint: bool) -> None:
+        from rs_pgd import checkpoint as files
 
-        if self._best_pending:
-            checkpoint.save(self.output, resume["model"], self.metadata())
-        checkpoint.save_resume(self.output, resume)
+        if checkpoint:
+            weights = resume["model"] if resume is not None else _cpu_state(self.model)
+            files.save(self.output, weights, self.metadata())
+            self.checkpoint_written = True
+        if resume is not None:
+            files.save_resume(self.output, resume)
 
     def _load_resume_state(self) -> None:
         from rs_pgd.checkpoint import load_resume, resume_path
@@ -465,9 +660,7 @@ class Trainer:
             return
         saved = json.loads(state["config_json"])
         now = _jsonable(asdict(self.config))
-        changed = sorted(k for k in now if k not in ("epochs", "max_steps", "progress", "workers", "threads",
-                                                    "log_json")
-                         and saved.get(k) != now[k])
+        changed = sorted(k for k in now if k not in RESUME_MAY_CHANGE and saved.get(k) != now[k])
         if changed:
             raise TrainingError(f"--resume with changed options {changed}; use the options of the first run")
         saved_classes = json.loads(state.get("classes_json", "null"))
@@ -481,7 +674,7 @@ class Trainer:
                                 "first run's labels and options, or delete it to start afresh") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        # the schedule of this run's --epochs, from where the first run stopped (the stored lr followed the old one)
+        # the schedule of this run's budget, from where the first run stopped (the stored lr followed the old one)
         factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
         for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
             group["lr"] = base * factor
@@ -491,13 +684,107 @@ class Trainer:
         self.history = json.loads(state["history_json"])
         self.best = json.loads(state["best_json"])
         self.start_epoch = int(state["epoch"])
-        self.steps = int(state["steps"])
+        self.steps = self.saved_steps = int(state["steps"])
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
         if "groups_done" in state:
             self.resume_at = {"groups_done": int(state["groups_done"]), "losses": state["epoch_losses"].tolist(),
                               "start_loss_table": state["start_loss_table"].numpy().copy()}
             logger.info("resuming in epoch %d after step %d", self.start_epoch + 1, self.steps)
         else:
             logger.info("resuming after epoch %d (%d step%s)", self.start_epoch, self.steps, "" if self.steps == 1 else "s")
+
+
+RESUME_MAY_CHANGE = ("epochs", "max_steps", "max_minutes", "warmup", "patience", "resume_every_minutes", "progress",
+                     "workers", "threads", "log_json")
+"""Options a ``--resume`` may change: the budget and its schedule (re-planned from where the run stands), stopping,
+and what does not touch the numbers."""
+
+
+def _cpu_state(model) -> dict:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def _score(value, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+# -- the budget and the class weights ---------------------------------------------------------------------
+def _grouping(c: FitConfig, windows: int) -> tuple:
+    """How an epoch's ``windows`` training windows form optimizer steps: ``("scene", None)``, ``("windows", N)``
+    for ``--step-every N``, or, for ``--step-every auto``, ``("split", k)``: each epoch cut into
+    ``k = ceil(AUTO_MIN_STEPS / epochs)`` groups of equal size (at most one per window), so a run of ``--epochs``
+    takes at least :data:`rs_pgd.defaults.AUTO_MIN_STEPS` steps with the largest groups that allow it; the whole
+    scene when one step per pass is already enough.
+    """
+    if c.step_every == STEP_EVERY_SCENE:
+        return (STEP_EVERY_SCENE, None)
+    if c.step_every != STEP_EVERY_AUTO:
+        return ("windows", int(c.step_every))
+    groups = min(windows, -(-defaults.AUTO_MIN_STEPS // c.epochs))
+    if groups <= 1:
+        return (STEP_EVERY_SCENE, None)
+    return ("split", groups)
+
+
+def _plan_steps(c: FitConfig, steps_per_epoch: int) -> dict:
+    """The schedule's plan: ``steps`` (epochs x steps per epoch) and ``warmup`` steps.
+
+    ``--max-steps`` stops a run without changing its plan: a run stopped by it and resumed takes the very steps of
+    an uninterrupted one. ``--max-minutes`` shortens the plan once the speed is known (:meth:`Trainer._fix_time_plan`).
+    """
+    steps = c.epochs * max(1, steps_per_epoch)
+    return {"steps": steps, "warmup": _warmup_steps(c, steps), "first_step": 0}
+
+
+def _warmup_steps(c: FitConfig, steps: int) -> int:
+    return int(round(c.warmup * steps))
+
+
+def _lr_schedule(plan: dict):
+    """Learning-rate factor of each optimizer step (0-based): linear warm-up over ``plan["warmup"]`` steps, then a
+    cosine from 1 to 0 at ``plan["steps"]``. In closed form of the step and read from ``plan`` at every call, so a
+    run resumed with another budget follows the schedule of the new length from where it stands."""
+
+    def factor(step: int) -> float:
+        total, warmup = plan["steps"], plan["warmup"]
+        if step < warmup:
+            return (step + 1) / warmup
+        if total <= warmup:
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total - warmup) / (total - warmup)))
+
+    return factor
+
+
+def _class_weights(c: FitConfig, pixels: np.ndarray, names) -> np.ndarray:
+    """Per-class loss weights (float64, one per class of the table) for ``--class-weights``, logged.
+
+    ``pixels`` holds every class's labelled training pixels (coverage-weighted). ``none``: all 1; ``auto``:
+    :func:`rs_pgd.pgd.class_weights_from_counts`; a file: its weights, which must name every class, by name.
+    """
+    names = list(names)
+    if c.class_weights == "none":
+        weights = np.ones(len(names))
+    elif c.class_weights == "auto":
+        from rs_pgd.pgd import class_weights_from_counts
+
+        weights = class_weights_from_counts(pixels, defaults.CLASS_WEIGHT_POWER, defaults.CLASS_WEIGHT_MAX)
+    else:
+        from rs_pgd.config import read_class_weights
+
+        given = read_class_weights(c.class_weights)
+        unknown = sorted(set(given) - set(names))
+        missing = [n for n in names if n not in given]
+        if unknown or missing:
+            problem = (f"names {', '.join(map(repr, unknown))}, which the labels do not hold" if unknown else
+                       f"gives no weight for {', '.join(map(repr, missing))}")
+            raise LabelError(f"--class-weights {c.class_weights} {problem}; the classes are "
+                             f"{', '.join(map(repr, names))}: give each one weight")
+        weights = np.array([given[n] for n in names], dtype=np.float64)
+    total = pixels.sum()
+    shares = ", ".join(f"{n} {w:.3g} ({100 * p / total:.1f} %)" for n, w, p in zip(names, weights, pixels))
+    logger.info("class weights (%s) and shares of the training pixels: %s", c.class_weights, shares)
+    return weights
 
 
 # -- set-up helpers ---------------------------------------------------------------------------------------
@@ -600,12 +887,15 @@ def _band_names(reader) -> list[str]:
 def _plan_windows(sources, c: FitConfig, n_train: int, class_names=()):
     """Count the scored pixels of every window, drop windows with none, split spatial blocks for validation.
 
+    Returns the training and validation items, each training window's scored pixels and its scored pixels per
+    class (coverage-weighted, float64: the class weights' counts and the group normalisers).
+
     Sources from ``n_train`` on are validation scenes: all their windows validate, and no block of the training
     scenes is held out. The split is logged: windows, share of labelled pixels, classes missing on either side.
     """
     from rs_pgd.dataset import window_sample
 
-    items, counts, presence = [], [], []
+    items, counts, class_pixels = [], [], []
     k = max(len(class_names), 1)
     for s_index, source in enumerate(sources):
         table = source.grid.weight_table("uniform")
@@ -615,8 +905,10 @@ def _plan_windows(sources, c: FitConfig, n_train: int, class_names=()):
             if count > 0:
                 items.append((s_index, window.index))
                 counts.append(count)
-                scored = data["target"][data["weight"] > 0]
-                presence.append(np.bincount(scored[scored < k], minlength=k)[:k] > 0)
+                scored = data["weight"] > 0
+                target, weight = data["target"][scored], data["weight"][scored].astype(np.float64)
+                keep = target < k
+                class_pixels.append(np.bincount(target[keep], weights=weight[keep], minlength=k)[:k])
     if not items:
         raise LabelError("no window has a labelled, valid pixel: the labels do not cover valid scene pixels; "
                          "check the label file and the class column")
@@ -630,10 +922,11 @@ def _plan_windows(sources, c: FitConfig, n_train: int, class_names=()):
         val_mask = _spatial_blocks(items, counts, sources, c.val_fraction, c.seed)
     if val_mask.all():
         raise LabelError("no training window has a labelled, valid pixel; check the label file and the class column")
-    _log_split(val_mask, counts, np.asarray(presence), class_names)
+    class_pixels = np.asarray(class_pixels, dtype=np.float64).reshape(len(items), k)
+    _log_split(val_mask, counts, class_pixels > 0, class_names)
     train = [it for it, v in zip(items, val_mask) if not v]
     val = [it for it, v in zip(items, val_mask) if v]
-    return train, val, counts[~val_mask]
+    return train, val, counts[~val_mask], class_pixels[~val_mask]
 
 
 def _log_split(val_mask, counts, presence, class_names) -> None:
@@ -727,16 +1020,6 @@ def _optimizer(model, c: FitConfig):
     if c.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
     return torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-
-
-def _cosine_schedule(epochs: int):
-    """Learning-rate factor of each epoch: cosine decay from 1 to 0 over ``epochs``, in closed form, so that a run
-    resumed with more epochs follows the schedule of the new length from where it stands."""
-
-    def factor(epoch: int) -> float:
-        return 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))
-
-    return factor
 
 
 def _loss_multipliers(recent: np.ndarray) -> np.ndarray:

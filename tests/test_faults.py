@@ -23,8 +23,10 @@ import pytest
 from test_cli_catalogue import ENV, bad, run_cli
 
 DEMO = Path(__file__).resolve().parents[1] / "rs_pgd" / "data" / "RGB.byte.tif"
+# --resume-every-minutes 0: a resume state after every step (the default writes one every 5 minutes and at the
+# end, which a run this short never reaches), so a kill lands between states written in the middle of epochs
 FIT = ["--encoder", "resnet18", "--tile", "64", "--margin", "32", "--epochs", "3", "--batch-size", "4",
-       "--workers", "0", "--val-fraction", "0", "--seed", "7"]
+       "--workers", "0", "--val-fraction", "0", "--seed", "7", "--resume-every-minutes", "0"]
 
 
 def start(args, cwd) -> tuple[subprocess.Popen, Path, Path]:

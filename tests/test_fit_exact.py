@@ -8,6 +8,7 @@ scene pixels. The toy net's receptive-field radius is 17 px; the exact case uses
 """
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -50,15 +51,18 @@ def scene_and_labels(tmp_path):
 
 
 def one_fit_step(scene, labels, output, net, **changes):
+    # one step per pass over the scene and no class weights: the defaults (auto) would group the 12 windows and
+    # weight the classes; test_class_weighted_step_is_the_whole_scene_weighted_step covers the weights
     options = dict(tile=32, margin=32, epochs=1, max_steps=1, optimizer="sgd", lr=LR, weight_decay=0.0,
                    norm="frozen", precision="32", device="cpu", augment=False, val_fraction=0.0, workers=0,
-                   batch_size=4, progress=False, seed=0)
+                   batch_size=4, progress=False, seed=0, step_every="scene", class_weights="none")
     fit(scene, labels, output, model=net, **(options | changes))
     return load_file(output)
 
 
-def whole_scene_sgd_step(net, scene, labels, stats: dict, margin: int) -> dict:
-    """One SGD step on the mean CE of the labelled pixels, the net run once on the whole reflect-padded scene."""
+def whole_scene_sgd_step(net, scene, labels, stats: dict, margin: int, class_weights=None) -> dict:
+    """One SGD step on the mean CE of the labelled pixels, the net run once on the whole reflect-padded scene
+    (with ``class_weights``, the class-weighted mean: ``sum w_y CE / sum w_y``, torch's own weighted CE)."""
     with rasterio.open(scene) as src:
         image = src.read()
     with rasterio.open(labels) as src:
@@ -73,7 +77,8 @@ def whole_scene_sgd_step(net, scene, labels, stats: dict, margin: int) -> dict:
     net = copy.deepcopy(net).eval()  # frozen BatchNorm: running statistics
     net.zero_grad(set_to_none=True)
     logits = net(torch.from_numpy(padded[None]).double())[0, :, pad : pad + H, pad : pad + W]
-    loss = F.cross_entropy(logits[:, labelled].T, target[labelled])  # mean over labelled pixels
+    weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float64)
+    loss = F.cross_entropy(logits[:, labelled].T, target[labelled], weight=weight)  # mean over labelled pixels
     loss.backward()
     with torch.no_grad():
         return {name: (p - LR * p.grad).detach() for name, p in net.named_parameters()}
@@ -86,8 +91,9 @@ def update_error(fitted: dict, reference: dict, initial: dict) -> float:
     return float(torch.linalg.norm(got - want) / torch.linalg.norm(want))
 
 
-def run_case(scene_and_labels, tmp_path, **changes):
+def run_case(scene_and_labels, tmp_path, reference_weights=None, **changes):
     scene, labels = scene_and_labels
+    tmp_path.mkdir(exist_ok=True)
     net = ToyNet(BANDS, CLASSES, depth=1, factor=FACTOR).double()
     initial = {k: v.detach().clone() for k, v in net.state_dict().items()}
     reference_net = copy.deepcopy(net)
@@ -97,7 +103,8 @@ def run_case(scene_and_labels, tmp_path, **changes):
     meta = read_header(tmp_path / "m.safetensors")
     assert meta.classes["values"] == [1, 2, 3]
     assert all(fitted[k].dtype == torch.float64 for k in initial if initial[k].is_floating_point())
-    reference = whole_scene_sgd_step(reference_net, scene, labels, meta.stats, changes.get("margin", 32))
+    reference = whole_scene_sgd_step(reference_net, scene, labels, meta.stats, changes.get("margin", 32),
+                                     reference_weights)
     return update_error(fitted, reference, initial)
 
 
@@ -109,3 +116,21 @@ def test_one_fit_step_is_the_whole_scene_sgd_step(scene_and_labels, tmp_path):
 def test_breaking_a_condition_breaks_the_equality(scene_and_labels, tmp_path, broken):
     """Train-mode BatchNorm (statistics per batch) or a margin below the 17 px receptive field: not exact."""
     assert run_case(scene_and_labels, tmp_path, **broken) > 1e-6
+
+
+def test_class_weighted_step_is_the_whole_scene_weighted_step(scene_and_labels, tmp_path):
+    """--class-weights (auto, and a file): per-pixel weights keep PGD exact when the group normaliser is the sum
+    of pixel weights; against torch's weighted CE on the whole scene. Unweighted, the same step is far off."""
+    scene, labels = scene_and_labels
+    with rasterio.open(labels) as src:
+        values = src.read(1)
+    share = np.bincount(values[values > 0] - 1, minlength=CLASSES) / (values > 0).sum()
+    auto = np.minimum(share ** -0.5 / (share * share ** -0.5).sum(), 10.0)  # the documented auto rule
+    assert auto.max() / auto.min() > 1.001  # the classes are not balanced, so the weights matter
+    assert run_case(scene_and_labels, tmp_path / "auto", auto, class_weights="auto") <= 1e-10
+    given = [0.25, 1.0, 3.5]
+    path = tmp_path / "weights.json"
+    path.write_text(json.dumps({"1": given[0], "2": given[1], "3": given[2]}))
+    assert run_case(scene_and_labels, tmp_path / "file", given, class_weights=str(path)) <= 1e-10
+    # teeth: fit with the file's weights is far from the unweighted whole-scene step
+    assert run_case(scene_and_labels, tmp_path / "unweighted", class_weights=str(path)) > 1e-3

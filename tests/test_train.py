@@ -33,7 +33,7 @@ def _resume_weights(output):
 def test_fit_writes_a_self_describing_checkpoint(tmp_path, small_scene, demo_labels):
     out = tmp_path / "m.safetensors"
     log = tmp_path / "log.jsonl"
-    result = fit(small_scene, demo_labels, out, log_json=str(log), **FAST)
+    result = fit(small_scene, demo_labels, out, log_json=str(log), step_every="scene", **FAST)
     assert result.checkpoint == out and out.exists()
     meta = read_header(out)
     assert meta.model == {"arch": "Unet", "encoder": "resnet18", "in_channels": 3, "classes": 2, "norm": "batch"}
@@ -44,7 +44,12 @@ def test_fit_writes_a_self_describing_checkpoint(tmp_path, small_scene, demo_lab
     assert meta.training_scenes[0]["count"] == 3 and meta.training_scenes[0]["dtype"] == "uint8"
     assert len(meta.stats["mean"]) == 3 and all(s > 0 for s in meta.stats["std"])
     assert meta.config["seed"] == 0 and meta.rs_pgd_version
-    assert len(meta.history) == 2
+    # the checkpoint is the best model, written when it improved: its story ends at its own epoch
+    assert len(meta.history) == meta.best["epoch"] == result.best["epoch"]
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    plan = meta.config["plan"]
+    assert plan["grouping"] == ["scene", None] and plan["planned_steps"] == 2
+    assert set(plan["class_weights"]) == set(plan["class_pixels"]) == {"water", "land"}
     assert sibling(out, ".curve.png").stat().st_size > 1000
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2]  # one optimizer step per pass over the scene
@@ -77,7 +82,7 @@ def test_training_options_run_and_reduce_the_loss(tmp_path, small_scene, demo_la
 
 
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, small_scene, demo_labels):
-    opts = FAST | {"epochs": 4, "val_fraction": 0.25}
+    opts = FAST | {"epochs": 4, "val_fraction": 0.25, "step_every": "scene"}
     whole = tmp_path / "whole" / "m.safetensors"
     whole.parent.mkdir()
     fit(small_scene, demo_labels, whole, **opts)
@@ -200,16 +205,37 @@ def test_max_steps_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, s
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_with_more_epochs_replans_the_cosine_schedule(tmp_path, small_scene, demo_labels):
+def _lr_factor(step, total, warmup):
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + np.cos(np.pi * (step - warmup) / (total - warmup)))
+
+
+def test_resume_with_more_epochs_replans_the_schedule(tmp_path, small_scene, demo_labels):
+    """Warm-up, then cosine, per optimizer step; a resume with more epochs follows the longer plan from where the
+    run stands (it never goes back up to the peak, nor warms up again)."""
     out = tmp_path / "m.safetensors"
-    opts = FAST | {"val_fraction": 0, "lr": 1e-3}
-    first = fit(small_scene, demo_labels, out, **(opts | {"epochs": 2}))
-    second = fit(small_scene, demo_labels, out, resume=True, **(opts | {"epochs": 4}))
-    lrs = [h["lr"] for h in first.history + second.history[2:]]
-    # lr of epochs 1-2 under the 2-epoch plan, then epochs 3-4 under the 4-epoch plan: never back up to 5e-4 at 0
-    assert lrs[0] == pytest.approx(1e-3) and lrs[1] == pytest.approx(5e-4)
-    assert lrs[2] == pytest.approx(5e-4)  # cos(pi * 2 / 4): half way down the 4-epoch plan
-    assert lrs[3] == pytest.approx(1e-3 * (1 + np.cos(np.pi * 3 / 4)) / 2)
+    log = tmp_path / "log.jsonl"
+    opts = FAST | {"val_fraction": 0, "lr": 1e-3, "step_every": 4, "warmup": 0.25, "log_json": str(log)}
+    fit(small_scene, demo_labels, out, **(opts | {"epochs": 2}))  # 16 windows: 4 steps an epoch, 8 planned
+    fit(small_scene, demo_labels, out, resume=True, **(opts | {"epochs": 4}))  # 16 planned
+    lrs = [json.loads(line)["lr"] for line in log.read_text().splitlines()]
+    assert len(lrs) == 16
+    want = [1e-3 * _lr_factor(s, 8, 2) for s in range(8)] + [1e-3 * _lr_factor(s, 16, 4) for s in range(8, 16)]
+    assert lrs == pytest.approx(want, rel=1e-9)
+    assert lrs[0] == pytest.approx(5e-4) and lrs[1] == pytest.approx(1e-3)  # warm-up: 2 of 8 steps
+    assert lrs[8] == pytest.approx(7.5e-4) and max(lrs[8:]) < 1e-3  # a quarter down the new plan, not the peak
+
+
+def test_the_schedule_warms_up_then_falls_to_zero():
+    from rs_pgd.train import _lr_schedule
+
+    factor = _lr_schedule({"steps": 100, "warmup": 5})
+    values = [factor(s) for s in range(101)]
+    assert values[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert values[5] == 1.0 and values[100] == pytest.approx(0.0, abs=1e-15)
+    assert all(a >= b for a, b in zip(values[5:], values[6:]))  # the cosine only falls
+    assert _lr_schedule({"steps": 1, "warmup": 0})(0) == 1.0  # one step: the full learning rate
 
 
 def test_add_scenes_unify_classes_by_name(tmp_path, small_scene):
@@ -265,3 +291,149 @@ def test_progress_under_max_steps_shows_the_steps(tmp_path, small_scene, demo_la
     assert descs[0] == "epoch 1, steps 0/2" and "epoch 1, steps 2/2" in descs
     assert not [d for d in descs if "/40" in d]
     assert {key for r in records for key in r.get("postfix", {})} == {"loss"}  # no win_s beside tqdm's s/win
+
+
+# -- the budget: auto groups, early stopping, time limits, when files are written (issue 13) ---------------------
+def test_step_every_auto_cuts_each_epoch_into_enough_equal_groups(tmp_path, small_scene, demo_labels):
+    from rs_pgd.defaults import AUTO_MIN_STEPS
+    from rs_pgd.train import _grouping
+
+    assert FitConfig().step_every == "auto"
+    assert _grouping(FitConfig(epochs=40), 12) == ("split", 10)  # 400 steps on groups of 1-2 windows
+    assert _grouping(FitConfig(epochs=40), 5) == ("split", 5)  # a tiny scene: a step per window, 200 steps
+    assert _grouping(FitConfig(epochs=100), 1000) == ("split", 4)  # large groups, 400 steps
+    assert _grouping(FitConfig(epochs=AUTO_MIN_STEPS), 50) == ("scene", None)  # a step per pass is enough
+    assert _grouping(FitConfig(epochs=40, step_every=7), 1000) == ("windows", 7)
+    for windows in range(1, 300, 7):
+        for epochs in (5, 40, 100, 1000):
+            kind, groups = _grouping(FitConfig(epochs=epochs), windows)
+            steps = epochs * (1 if kind == "scene" else groups)
+            assert steps >= min(AUTO_MIN_STEPS, epochs * windows), (windows, epochs)
+            assert kind == "scene" or epochs * (groups - 1) < AUTO_MIN_STEPS  # no more steps than that: large groups
+    # in a run: 16 windows, 40 epochs -> 10 groups of 1-2 windows an epoch, each window in exactly one
+    trainer = Trainer([small_scene], [demo_labels], tmp_path / "m.safetensors",
+                      FitConfig(**(FAST | {"epochs": 40, "val_fraction": 0})))
+    groups = trainer._plan_groups(np.random.default_rng(0), trainer.loss_table)
+    assert len(groups) == 10 and {len(g["items"]) for g in groups} == {1, 2}
+    assert sorted(i for g in groups for i in g["items"]) == list(range(16))
+    assert trainer.plan["steps"] == 400 and trainer.plan["warmup"] == 20
+    assert sum(g["normaliser"] for g in groups) == pytest.approx(trainer.counts.sum())
+
+
+def test_auto_class_weights_are_smoothed_inverse_frequencies():
+    from rs_pgd.pgd import class_weights_from_counts
+
+    weights = class_weights_from_counts(np.array([80.0, 20.0, 0.0]), power=0.5, max_weight=10.0)
+    assert weights[1] / weights[0] == pytest.approx(2.0)  # sqrt of the 4:1 ratio
+    assert 0.8 * weights[0] + 0.2 * weights[1] == pytest.approx(1.0)  # pixel-weighted mean 1: the loss keeps its scale
+    assert weights[2] == 1.0  # no training pixel: never in the loss
+    clipped = class_weights_from_counts(np.array([1e6, 1.0]), power=0.5, max_weight=10.0)
+    assert clipped[1] == 10.0 and clipped[0] == pytest.approx(1.0, rel=1e-2)
+    assert class_weights_from_counts(np.array([3.0, 1.0]), power=0.0, max_weight=10.0) == pytest.approx([1, 1])
+
+
+class _Calls:
+    """Count (and optionally interrupt) calls to a checkpoint-writing function, writing as usual."""
+
+    def __init__(self, monkeypatch, name, stop_after=None):
+        from rs_pgd import checkpoint
+
+        self.count, self.stop_after, original = 0, stop_after, getattr(checkpoint, name)
+
+        def wrapper(*args, **kwargs):
+            out = original(*args, **kwargs)
+            self.count += 1
+            if self.stop_after is not None and self.count == self.stop_after:
+                raise KeyboardInterrupt("simulated kill right after a resume state was written")
+            return out
+
+        monkeypatch.setattr(checkpoint, name, wrapper)
+
+
+def test_early_stopping_keeps_the_best_model_and_writes_it_only_when_it_improves(tmp_path, small_scene, demo_labels,
+                                                                              monkeypatch, caplog):
+    """A learning rate too small to change anything: epoch 1 stays the best; --patience 2 counts from epoch 3, the
+    first past half of the 6 planned steps, and stops after epoch 5. The checkpoint is written once (epoch 1),
+    the resume state once (at the end)."""
+    saves, resumes = _Calls(monkeypatch, "save"), _Calls(monkeypatch, "save_resume")
+    out = tmp_path / "m.safetensors"
+    opts = FAST | {"epochs": 6, "val_fraction": 0.25, "patience": 2, "lr": 1e-12, "norm": "frozen",
+                   "step_every": "scene"}
+    with caplog.at_level("INFO", logger="rs_pgd"):
+        result = fit(small_scene, demo_labels, out, **opts)
+    assert result.stopped == "patience"
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5] and result.best["epoch"] == 1
+    assert saves.count == 1 and resumes.count == 1
+    meta = read_header(out)
+    assert meta.best["epoch"] == 1 and len(meta.history) == 1
+    assert int(load_resume(out)["epoch"]) == 5
+    # per-class IoU and F1 in the log and in the history
+    assert "per class IoU/F1: water" in caplog.text and "no better validation mIoU in 2 epochs" in caplog.text
+    assert {p["name"] for p in result.history[-1]["val_per_class"]} == {"water", "land"}
+    assert all("f1" in p and "iou" in p for p in result.history[-1]["val_per_class"])
+    # teeth: without patience the same run goes on to its 6 epochs
+    longer = fit(small_scene, demo_labels, tmp_path / "n.safetensors", **(opts | {"patience": 0}))
+    assert len(longer.history) == 6 and longer.stopped is None
+
+
+@pytest.mark.parametrize("minutes, resume_writes", [(1000.0, 1), (0.0, 8)], ids=["every-1000-min", "every-step"])
+def test_resume_state_is_written_at_most_every_few_minutes_and_at_the_end(tmp_path, small_scene, demo_labels,
+                                                                         monkeypatch, minutes, resume_writes):
+    """2 epochs of 4 steps: with a long interval only the final state is written; with 0, after every step (3 in
+    the middle of each epoch and one at its end). Without validation the checkpoint (the last model) goes with it."""
+    saves, resumes = _Calls(monkeypatch, "save"), _Calls(monkeypatch, "save_resume")
+    opts = FAST | {"val_fraction": 0, "step_every": 4, "resume_every_minutes": minutes}
+    result = fit(small_scene, demo_labels, tmp_path / "m.safetensors", **opts)
+    assert result.steps == 8
+    assert resumes.count == resume_writes and saves.count == resume_writes
+
+
+def test_a_kill_after_a_mid_epoch_resume_state_resumes_bit_identically(tmp_path, small_scene, demo_labels,
+                                                                      monkeypatch):
+    """The run stops (as if killed) right after its 3rd resume state, written by time in the middle of epoch 1;
+    --resume from it ends with the very weights of an uninterrupted run."""
+    opts = FAST | {"val_fraction": 0, "step_every": 4, "resume_every_minutes": 0.0}
+    whole = tmp_path / "whole" / "m.safetensors"
+    whole.parent.mkdir()
+    fit(small_scene, demo_labels, whole, **opts)
+    parts = tmp_path / "parts" / "m.safetensors"
+    parts.parent.mkdir()
+    with monkeypatch.context() as patch:
+        _Calls(patch, "save_resume", stop_after=3)
+        with pytest.raises(KeyboardInterrupt, match="--resume"):
+            fit(small_scene, demo_labels, parts, **opts)
+    state = load_resume(parts)
+    assert int(state["epoch"]) == 0 and int(state["groups_done"]) == 3 and int(state["steps"]) == 3
+    fit(small_scene, demo_labels, parts, resume=True, **opts)
+    a, b = _resume_weights(whole), _resume_weights(parts)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], state["model"][k]) for k in a)  # teeth: the state was really mid-run
+
+
+def test_max_minutes_fits_the_schedule_to_the_time_and_stops(tmp_path, small_scene, demo_labels, monkeypatch):
+    """A clock at 0.25 min per step and --max-minutes 2.5: the plan is fixed after a tenth of the budget (2 steps)
+    to the 10 steps that fit, the cosine follows it, and the run stops mid-epoch with a resume state."""
+    from rs_pgd.train import _lr_schedule
+
+    monkeypatch.setattr(Trainer, "_elapsed_minutes", lambda self: 0.25 * (self.steps - self.plan["first_step"]))
+    log = tmp_path / "log.jsonl"
+    opts = FAST | {"epochs": 3, "val_fraction": 0, "step_every": 4, "max_minutes": 2.5, "log_json": str(log)}
+    result = fit(small_scene, demo_labels, tmp_path / "m.safetensors", **opts)
+    assert result.stopped == "max_minutes" and result.steps == 10  # 12 planned by the epochs
+    state = load_resume(tmp_path / "m.safetensors")
+    assert int(state["epoch"]) == 2 and int(state["groups_done"]) == 2
+    lrs = [json.loads(line)["lr"] for line in log.read_text().splitlines()]
+    fitted = _lr_schedule({"steps": 10, "warmup": 0})
+    assert lrs[2:] == pytest.approx([1e-3 * fitted(s) for s in range(2, 10)], rel=1e-9)
+    assert lrs[-1] < 0.03 * 1e-3  # annealed by the deadline
+
+
+def test_class_weights_file_must_name_every_class(tmp_path, small_scene, demo_labels):
+    path = tmp_path / "w.json"
+    path.write_text('{"water": 1, "sea": 2}')
+    with pytest.raises(LabelError, match=r"names 'sea', which the labels do not hold.*'water', 'land'"):
+        fit(small_scene, demo_labels, tmp_path / "m.safetensors", class_weights=str(path), **FAST)
+    path.write_text('{"water": 1}')
+    with pytest.raises(LabelError, match=r"gives no weight for 'land'"):
+        fit(small_scene, demo_labels, tmp_path / "m.safetensors", class_weights=str(path), **FAST)
+    assert not (tmp_path / "m.safetensors").exists()

@@ -7,18 +7,6 @@ from rs_pgd.cli import options
 from rs_pgd.cli.config_file import config_options
 
 
-def _step_every(ctx, param, value):
-    if value == "scene":
-        return value
-    try:
-        number = int(value)
-    except ValueError:
-        raise click.BadParameter("give 'scene' or a number of windows") from None
-    if number < 1:
-        raise click.BadParameter("give 'scene' or a positive number of windows")
-    return number
-
-
 @click.command(short_help="Train a segmentation model on a scene and its labels (PGD).")
 @config_options
 @click.argument("scene", type=options.existing_file)
@@ -45,13 +33,26 @@ def _step_every(ctx, param, value):
 @click.option("--margin", type=int, default=defaults.MARGIN, show_default=True, help="Context margin around each tile (multiple of 32).")
 @options.stride_opt
 @click.option("--batch-size", type=int, default=defaults.BATCH_SIZE, show_default=True, help="Windows per forward/backward pass.")
-@click.option("--epochs", type=int, default=defaults.EPOCHS, show_default=True, help="Passes over the scene(s).")
-@click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
-@click.option("--lr", type=float, default=defaults.LR, show_default=True, help="Learning rate (cosine schedule).")
+@click.option("--epochs", type=int, default=defaults.EPOCHS, show_default=True,
+              help="Passes over the scene(s), at most (see --patience).")
+@click.option("--max-steps", type=int, default=None,
+              help="Stop after this many optimizer steps (the schedule still follows --epochs: --resume goes on exactly).")
+@click.option("--max-minutes", type=float, default=defaults.MAX_MINUTES, metavar="MINUTES",
+              help="Stop after this many minutes of training; the schedule is fitted to it after the first epoch.")
+@click.option("--patience", type=int, default=defaults.PATIENCE, show_default=True,
+              help="Stop after this many epochs without a better validation mIoU (0: never stop early).")
+@click.option("--lr", type=float, default=defaults.LR, show_default=True,
+              help="Peak learning rate (linear warm-up, then cosine to 0).")
+@click.option("--warmup", type=float, default=defaults.WARMUP, show_default=True, metavar="FRACTION",
+              help="Share of the planned steps over which the learning rate rises to --lr.")
 @click.option("--optimizer", type=click.Choice(defaults.OPTIMIZERS), default=defaults.OPTIMIZER, show_default=True,
               help="AdamW, or SGD with momentum 0.9.")
-@click.option("--step-every", callback=_step_every, default=defaults.STEP_EVERY, show_default=True,
-              help="One optimizer step per pass over the scene ('scene', PGD) or every N windows.")
+@click.option("--step-every", default=defaults.STEP_EVERY, show_default=True, metavar="auto|scene|N",
+              help="Windows per optimizer step (PGD group): N, the whole scene, or auto (the largest groups that "
+                   f"give at least {defaults.AUTO_MIN_STEPS} steps in --epochs).")
+@click.option("--class-weights", default=defaults.CLASS_WEIGHTS, show_default=True, metavar="auto|none|FILE.json",
+              help="Per-class loss weights: auto (from the training pixels of each class), none, or a JSON file "
+                   "of class name: weight.")
 @click.option("--weighting", type=click.Choice(defaults.WEIGHTINGS), default=defaults.WEIGHTING, show_default=True,
               help="How windows and overlapping centres are weighted in the aggregated gradient.")
 @click.option("--hard-mining", type=float, default=None, metavar="FRACTION",
@@ -71,12 +72,15 @@ def _step_every(ctx, param, value):
 @click.option("--val", "val_pair", nargs=2, default=None, metavar="SCENE LABELS",
               help="Validate on this separate scene and its labels instead of held-out blocks.")
 @click.option("--log-json", type=click.Path(dir_okay=False), default=None, help="Append one JSON line per optimizer step to this file.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last resume state.")
+@click.option("--resume-every-minutes", type=float, default=defaults.RESUME_EVERY_MINUTES, show_default=True,
+              metavar="MINUTES", help="Write the resume state at most this often (and at the end; 0: every step).")
 @click.option("--quiet", is_flag=True, help="No progress bar or epoch lines (as the global -q).")
 def fit(scene, labels, output, extra, class_column, layer, mapping, background, all_touched, bands, preset, nodata,
-        bbox, bbox_crs, aoi, arch, encoder, encoder_weights, tile, margin, stride, batch_size, epochs, max_steps, lr, optimizer, step_every, weighting,
-        hard_mining, norm, precision, grad_checkpointing, no_augment, workers, threads, seed, device, val_fraction,
-        val_pair, log_json, resume, quiet):
+        bbox, bbox_crs, aoi, arch, encoder, encoder_weights, tile, margin, stride, batch_size, epochs, max_steps,
+        max_minutes, patience, lr, warmup, optimizer, step_every, class_weights, weighting, hard_mining, norm, precision,
+        grad_checkpointing, no_augment, workers, threads, seed, device, val_fraction, val_pair, log_json, resume,
+        resume_every_minutes, quiet):
     """Train a segmentation model on SCENE with LABELS (vector file or label raster) and write a checkpoint.
 
     With --bbox or --aoi only the part of SCENE (and of each --add scene) that covers the area is trained on and
@@ -94,9 +98,12 @@ def fit(scene, labels, output, extra, class_column, layer, mapping, background, 
         class_column=class_column, layer=layer, mapping=mapping, background=background, all_touched=all_touched,
         bands=bands, preset=preset, nodata=nodata, bbox=list(bbox) if bbox else None, bbox_crs=bbox_crs, aoi=aoi,
         arch=arch, encoder=encoder, encoder_weights=encoder_weights, tile=tile,
-        margin=margin, stride=stride, batch_size=batch_size, epochs=epochs, max_steps=max_steps, lr=lr, optimizer=optimizer,
-        step_every=step_every, weighting=weighting, hard_mining=hard_mining, norm=norm, precision=precision,
-        grad_checkpointing=grad_checkpointing, augment=not no_augment, workers=workers, threads=threads, seed=seed, device=device,
+        margin=margin, stride=stride, batch_size=batch_size, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes,
+        patience=patience, lr=lr, warmup=warmup, optimizer=optimizer, step_every=step_every,
+        class_weights=class_weights, resume_every_minutes=resume_every_minutes, weighting=weighting,
+        hard_mining=hard_mining, norm=norm, precision=precision,
+        grad_checkpointing=grad_checkpointing, augment=not no_augment, workers=workers, threads=threads, seed=seed,
+        device=device,
         val_fraction=val_fraction, val_scene=val_pair[0] if val_pair else None,
         val_labels=val_pair[1] if val_pair else None, log_json=log_json, progress=not quiet,
     )

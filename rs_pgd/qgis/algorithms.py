@@ -205,7 +205,7 @@ class FitAlgorithm(RsPgdAlgorithm):
             "MAX_STEPS", "Stop after this many optimizer steps", QgsProcessingParameterNumber.Integer,
             optional=True, minValue=1))
         self._advanced(QgsProcessingParameterNumber(
-            "STEP_EVERY", "Optimizer step every N windows (default: one step per pass over the scene, PGD)",
+            "STEP_EVERY", "Optimizer step every N windows (default: auto, groups sized to give enough steps)",
             QgsProcessingParameterNumber.Integer, optional=True, minValue=1))
         self._advanced(QgsProcessingParameterString("ARCH", "Architecture", defaultValue="Unet"))
         self._advanced(QgsProcessingParameterNumber(

@@ -452,8 +452,28 @@ def one_class_labels(folder) -> Path:
 
 
 def write_fit_findings(folder) -> list[Path]:
-    """Every input of the issue-14 training cases."""
-    return [one_class_labels(Path(folder))]
+    """Every input of the issue-14 training cases, and the issue-13 class-weight files."""
+    return [one_class_labels(Path(folder)), *class_weight_files(folder)]
+
+
+CLASS_WEIGHT_FILES = {
+    "weights_syntax.json": '{\n  "water": 1,\n  "land" 2\n}\n',
+    "weights_list.json": "[1, 2]",
+    "weights_negative.json": '{"water": 1, "land": -2}',
+    "weights_text.json": '{"water": 1, "land": "heavy"}',
+    "weights_zero.json": '{"water": 0, "land": 0}',
+    "weights_unknown.json": '{"water": 1, "sea": 2}',
+    "weights_good.json": '{"water": 1, "land": 2.5}',
+}
+
+
+def class_weight_files(folder) -> list[Path]:
+    """``--class-weights`` files (issue 13): the mistakes one makes by hand, and a good one for the labels."""
+    paths = []
+    for name, text in CLASS_WEIGHT_FILES.items():
+        paths.append(Path(folder) / name)
+        paths[-1].write_text(text, encoding="utf-8")
+    return paths
 
 
 if __name__ == "__main__":
