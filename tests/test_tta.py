@@ -178,3 +178,28 @@ def test_predict_with_tta_differs_and_covers_the_same_grid(random_model, tmp_pat
     assert np.array_equal(valid, np.isfinite(q[0])) and valid.mean() > 0.5
     assert np.abs(p - q)[:, valid].max() > 1e-3
     np.testing.assert_allclose(q[:, valid].sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_tta_and_uncertainty_run_the_same_through_onnxruntime(random_model, tmp_path):
+    """The D4 average wraps the backend's numpy forward, so an exported ONNX model gives the torch result."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from conftest import write_demo_crop
+
+    import rs_pgd
+
+    model, folder = random_model
+    onnx_path = folder / "random.onnx"
+    if not onnx_path.exists():
+        rs_pgd.export(model, onnx_path, tile=64, margin=32)  # the window the torch run below uses
+    scene = write_demo_crop(tmp_path / "crop.tif", 128)
+    common = dict(probability_dtype="float32", workers=0, progress=False, tta=True, precision="32")
+    a = rs_pgd.predict(model, scene, tmp_path / "t.tif", probabilities=tmp_path / "tp.tif", uncertainty=tmp_path / "tu.tif",
+                       tile=64, margin=32, **common)  # fmt: skip
+    b = rs_pgd.predict(onnx_path, scene, tmp_path / "o.tif", probabilities=tmp_path / "op.tif",
+                       uncertainty=tmp_path / "ou.tif", **common)  # fmt: skip
+    assert (a.tile, a.margin) == (b.tile, b.margin) == (64, 32)
+    with rasterio.open(a.probabilities) as x, rasterio.open(b.probabilities) as y:
+        assert np.nanmax(np.abs(x.read() - y.read())) <= 1e-5
+    with rasterio.open(a.uncertainty) as x, rasterio.open(b.uncertainty) as y:
+        assert np.abs(x.read(1).astype(int) - y.read(1).astype(int)).max() <= 1  # uint8 rounding of ~1e-6
