@@ -155,7 +155,8 @@ def predict(model, scene, output, *, tile=None, margin=None, stride=None, blend=
         log_threads(choice)
         plan = plan_scene(backend.meta, plan.info, model, bands, plan.window)  # its metadata, read by onnxruntime
         return _predict_windows(backend, plan, model, scene, output, tile, margin, stride, blend, probabilities,
-                                probability_dtype, preview, cog, progress, started, nodata, plan.window)
+                                probability_dtype, preview, cog, progress, started, nodata, plan.window,
+                                uncertainty=uncertainty, uncertainty_kind=uncertainty_kind, tta=tta)
     with torch_threads(threads, log=False) as choice:  # before torch: its OpenMP runtime reads the wait policy
         backend = _torch_backend(model, device, precision, batch_size, workers)
         log_threads(choice)
