@@ -39,9 +39,11 @@ ROW0, COL0, AREA_H, AREA_W = 72, 64, 72, 88  # the area, in scene pixels (multip
 RES, X0, Y0 = 10.0, 600_000.0, 5_000_000.0
 CRS = "EPSG:32633"
 LR = 0.05
+# one step per pass over the area and no class weights (the defaults, auto, would group the windows and weight the
+# classes), so one step is the whole-area SGD step these tests compare with
 OPTIONS = dict(tile=TILE, margin=MARGIN, epochs=1, max_steps=1, optimizer="sgd", lr=LR, weight_decay=0.0,
                norm="frozen", precision="32", device="cpu", augment=False, val_fraction=0.0, workers=0,
-               batch_size=4, progress=False, seed=0)
+               batch_size=4, progress=False, seed=0, step_every="scene", class_weights="none")
 
 
 @pytest.fixture(autouse=True)
