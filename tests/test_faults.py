@@ -270,6 +270,7 @@ def test_libtiff_lines_go_to_the_debug_log(capfd):
     logger = logging.getLogger("rs_pgd.libtiff")
     logger.addHandler(handler)
     level, logger.level = logger.level, logging.DEBUG
+    propagate, logger.propagate = logger.propagate, False  # an earlier in-process CLI run may print rs_pgd logs
     restore = route_libtiff_messages()
     try:
         libraries[0].TIFFError(b"_tiffWriteProc", b"%s (%d)", b"No space left on device", 28)
@@ -278,6 +279,7 @@ def test_libtiff_lines_go_to_the_debug_log(capfd):
         restore()
         logger.removeHandler(handler)
         logger.level = level
+        logger.propagate = propagate
     assert capfd.readouterr().err == ""
     assert [r.getMessage() for r in records] == ["libtiff error: _tiffWriteProc: No space left on device (28)",
                                                  "libtiff warning: TIFFReadDirectory: unknown tag"]
